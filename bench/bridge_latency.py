@@ -1,0 +1,278 @@
+"""Bridge latency: signed CreateAccount calls over real HTTP, 50 at a time, on SQLite and on PostgreSQL.
+
+    python bench/bridge_latency.py [--concurrency 50] [--rounds 10] [--backends sqlite,postgresql]
+
+For each backend a fresh product instance is served by werkzeug's threaded WSGI server in its own process
+(bench/_wsgi.py: ``make_server(..., threaded=True)``, one thread per request, as ``flask serve`` does), with
+TICKER_SECONDS=0 and no REDIS_URL: a CreateAccount then records the client, product, server, service and
+VM rows, writes the module log and only wakes the (not running) in-process ticker. SQLite is the default
+install (instance/pkvm.sqlite3, no DATABASE_URL); PostgreSQL gets a fresh database, dropped afterwards.
+
+The server, IP pool and product are registered first (the product has its template, so CreateAccount
+succeeds). The Proxmox address in the calls points at a TCP listener of the bench that counts connections:
+it must stay at 0 (CreateAccount never talks to Proxmox).
+
+Measured, per backend, after --warmup sequential calls:
+
+* sequential: --sequential calls one after another (no queueing: the service time of one call);
+* burst: --rounds rounds of --concurrency calls released together (threads behind a barrier, bodies and
+  signatures prepared beforehand), every call for a new service (new client too); latency is from connect
+  to the last byte of the answer, over a fresh connection per call, as the PHP shim makes them;
+  throughput is calls / time from the release to the last answer of a round (mean over rounds).
+
+Also printed: the server process's CPU per call (from /proc): one process runs the Python of every call,
+so 1 / (CPU per call) bounds its throughput whatever the concurrency. Target: p99 under 50 ms.
+Timing is measured and printed, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (PgDatabase, ProductServer, account_params, mean, percentile, product_env,  # noqa: E402
+                     register_cluster, table, tree_cpu)
+
+
+class CountingListener:
+    """A TCP listener on 127.0.0.1 that accepts, counts and closes connections (a Proxmox that must never
+    be called)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                conn, _addr = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            conn.close()
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def prepare(port: int, secret: str, params: dict) -> tuple[str, bytes, dict]:
+    from bridge.signing import signed_headers
+    body = json.dumps(params).encode()
+    path = "/bridge/v1/module/CreateAccount"
+    return path, body, signed_headers(secret, "POST", path, body)
+
+
+def send(port: int, prepared: tuple[str, bytes, dict]) -> tuple[int, dict, float, float]:
+    """(status, answer, latency seconds, end time) over a fresh connection."""
+    import http.client
+    path, body, headers = prepared
+    began = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        answer = conn.getresponse()
+        data = answer.read()
+    finally:
+        conn.close()
+    end = time.perf_counter()
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = {"raw": data[:300].decode(errors="replace")}
+    return answer.status, parsed, end - began, end
+
+
+class Backend:
+    def __init__(self, kind: str, args, stack: ExitStack, listener: CountingListener, pki: tuple[str, str]):
+        from app import create_app
+        from core.extensions import db
+
+        self.kind = kind
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"pkvm-bench-bridge-{kind}-"))
+        stack.callback(shutil.rmtree, self.tmp, True)
+        instance = self.tmp / "instance"
+        if kind == "postgresql":
+            database = PgDatabase()
+            stack.callback(database.stop)
+            uri, env_url = database.url, database.env_url
+        else:
+            uri, env_url = f"sqlite:///{instance / 'pkvm.sqlite3'}", None  # the default install's file
+        app = create_app({"INSTANCE_PATH": str(instance), "SQLALCHEMY_DATABASE_URI": uri, "TICKER_SECONDS": 0,
+                          "REDIS_URL": None})
+        self.ca_pem = Path(pki[0]).read_text()
+        self.info = {"host": "127.0.0.1", "port": listener.port, "token_id": "root@pam!pkvm",
+                     "token_secret": "11111111-2222-3333-4444-555555555555"}
+        with app.app_context():
+            db.create_all()
+            register_cluster(self.info, self.ca_pem)
+            db.session.remove()
+            db.engine.dispose()
+        self.secret = app.config["BRIDGE_SECRET"]
+        extra = {}
+        if args.pool_size:
+            # SQLAlchemy's QueuePool: the product's default is 5 connections + 10 overflow per process.
+            extra["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True, "pool_size": args.pool_size,
+                                                  "max_overflow": 0}
+            if kind == "sqlite":
+                extra["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        env = product_env(str(instance), env_url or "", TICKER_SECONDS=0, **extra)
+        if env_url is None:
+            env.pop("DATABASE_URL")
+        self.server = ProductServer(env)
+        stack.callback(self.server.stop)
+        self.app, self.uri = app, uri
+        self.next_sid = 1000
+
+    def params(self) -> dict:
+        self.next_sid += 1
+        sid = self.next_sid
+        return account_params(self.info, self.ca_pem, sid, client_id=sid)
+
+    def vm_rows(self) -> dict[str, int]:
+        from sqlalchemy import create_engine, text
+        engine = create_engine(self.uri)
+        try:
+            with engine.connect() as conn:
+                return dict(conn.execute(text("SELECT status, count(*) FROM vm_info GROUP BY status")).all())
+        finally:
+            engine.dispose()
+
+
+def run_backend(kind: str, args, listener, pki) -> dict:
+    with ExitStack() as stack:
+        backend = Backend(kind, args, stack, listener, pki)
+        port, secret = backend.server.port, backend.secret
+        errors: list[str] = []
+
+        def check(status, answer):
+            if status != 200 or answer.get("result") != "success" or answer.get("status") != "creation":
+                errors.append(f"HTTP {status} {answer}")
+
+        for _ in range(args.warmup):
+            status, answer, _lat, _end = send(port, prepare(port, secret, backend.params()))
+            check(status, answer)
+        sequential = []
+        for _ in range(args.sequential):
+            status, answer, latency, _end = send(port, prepare(port, secret, backend.params()))
+            check(status, answer)
+            sequential.append(latency)
+
+        latencies: list[float] = []
+        throughputs: list[float] = []
+        cpu0 = tree_cpu(backend.server.pid)
+        calls = 0
+        for _round in range(args.rounds):
+            prepared = [prepare(port, secret, backend.params()) for _ in range(args.concurrency)]
+            barrier = threading.Barrier(args.concurrency + 1)
+            results: list[tuple] = [None] * args.concurrency
+
+            def worker(i):
+                barrier.wait()
+                try:
+                    results[i] = send(port, prepared[i])
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = (0, {"error": repr(exc)}, float("nan"), time.perf_counter())
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+            for t in threads:
+                t.start()
+            barrier.wait()
+            released = time.perf_counter()
+            for t in threads:
+                t.join()
+            for status, answer, latency, _end in results:
+                check(status, answer)
+                latencies.append(latency)
+            throughputs.append(args.concurrency / (max(r[3] for r in results) - released))
+            calls += args.concurrency
+            time.sleep(0.2)
+        cpu_per_call = (tree_cpu(backend.server.pid) - cpu0) / calls
+        rows = backend.vm_rows()
+        expected = args.warmup + args.sequential + args.rounds * args.concurrency
+        return {"kind": kind, "sequential": sequential, "latencies": latencies, "throughputs": throughputs,
+                "cpu_per_call": cpu_per_call, "errors": errors, "vm_rows": rows, "expected": expected}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="sqlite,postgresql", help="sqlite,postgresql (default both)")
+    parser.add_argument("--concurrency", type=int, default=50, help="calls released together (default 50)")
+    parser.add_argument("--rounds", type=int, default=10, help="bursts per backend (default 10)")
+    parser.add_argument("--sequential", type=int, default=50, help="sequential calls (default 50)")
+    parser.add_argument("--warmup", type=int, default=10, help="sequential warm-up calls (default 10)")
+    parser.add_argument("--pool-size", type=int, default=0,
+                        help="database connections per server process (default: the product's, 5 + 10 overflow)")
+    args = parser.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    wall0 = time.perf_counter()
+    print("Bridge latency: signed CreateAccount over HTTP to werkzeug's threaded WSGI server (own process), "
+          "no Redis, no ticker")
+    print(f"  per backend: {args.warmup} warm-up + {args.sequential} sequential calls, then {args.rounds} rounds of "
+          f"{args.concurrency} concurrent calls (a new service and client each); target p99 < 50 ms")
+    print("  load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
+    from fakepve.certs import make_cert
+    pki_dir = tempfile.mkdtemp(prefix="pkvm-bench-bridge-pki-")
+    listener = CountingListener()
+    results = []
+    try:
+        pki = make_cert(pki_dir, name="pve", hosts=("127.0.0.1",))[:2]
+        for kind in backends:
+            results.append(run_backend(kind, args, listener, pki))
+            r = results[-1]
+            print(f"  {kind}: p99 {percentile(r['latencies'], 99) * 1000:.1f} ms", flush=True)
+    finally:
+        listener.stop()
+        shutil.rmtree(pki_dir, ignore_errors=True)
+    print()
+    rows = []
+    for r in results:
+        lat, seq = r["latencies"], r["sequential"]
+        rows.append([r["kind"], len(lat), f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 95) * 1000:.1f}",
+                     f"{percentile(lat, 99) * 1000:.1f}", f"{max(lat) * 1000:.1f}", f"{mean(r['throughputs']):.0f}",
+                     f"{percentile(seq, 50) * 1000:.1f}", f"{percentile(seq, 99) * 1000:.1f}",
+                     f"{r['cpu_per_call'] * 1000:.1f}", f"{1 / r['cpu_per_call']:.0f}" if r["cpu_per_call"] else "-",
+                     len(r["errors"])])
+    print(table(["backend", "calls", "p50 ms", "p95 ms", "p99 ms", "max ms", "calls/s", "seq p50 ms", "seq p99 ms",
+                 "server CPU/call ms", "1/CPU calls/s", "errors"], rows,
+                title=f"CreateAccount, {args.concurrency} concurrent (burst) and sequential (seq); target p99 < 50 ms"))
+    print()
+    for r in results:
+        ok = sum(r["vm_rows"].values()) == r["expected"] and set(r["vm_rows"]) == {"creation"}
+        print(f"  {r['kind']}: vm_info {r['vm_rows']} (expected {r['expected']} in creation: "
+              f"{'yes' if ok else 'NO'})" + (f"; first errors: {r['errors'][:2]}" if r["errors"] else ""))
+    print(f"  connections to the Proxmox address during all calls: {listener.connections}")
+    print("  load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(f"Total bench time {time.perf_counter() - wall0:.0f} s")
+    fields = [f"concurrency={args.concurrency}", f"calls_per_backend={args.rounds * args.concurrency}"]
+    for r in results:
+        k = "sqlite" if r["kind"] == "sqlite" else "pg"
+        lat = r["latencies"]
+        fields += [f"{k}_p50_ms={percentile(lat, 50) * 1000:.1f}", f"{k}_p95_ms={percentile(lat, 95) * 1000:.1f}",
+                   f"{k}_p99_ms={percentile(lat, 99) * 1000:.1f}", f"{k}_max_ms={max(lat) * 1000:.1f}",
+                   f"{k}_calls_per_s={mean(r['throughputs']):.0f}", f"{k}_seq_p50_ms={percentile(r['sequential'], 50) * 1000:.1f}",
+                   f"{k}_cpu_per_call_ms={r['cpu_per_call'] * 1000:.1f}", f"{k}_errors={len(r['errors'])}"]
+    fields += ["target_p99_ms=50", f"proxmox_connections={listener.connections}"]
+    print("RESULT bridge_latency " + " ".join(fields))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

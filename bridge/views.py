@@ -1,0 +1,198 @@
+"""``POST /bridge/v1/module/<Function>``: the WHMCS module functions.
+
+Answers are WHMCS's: ``{"result": "success"}`` or ``{"result": "error", "message": ...}`` (200), a 400 with
+field-by-field errors for a malformed payload, a 401 for a call that is not signed, fresh and new.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from flask import current_app, jsonify, request
+from sqlalchemy.exc import OperationalError
+
+from core import accounts
+from core.extensions import db, is_transient
+from core.models import Server
+from core.proxmox.client import Pve, endpoint_for
+from core.proxmox.cluster import check_connection
+from core.settings import get as setting
+
+from . import bp
+from .signing import SignatureError, verify
+
+log = logging.getLogger("pkvm.bridge")
+Handler = Callable[[dict], tuple[dict, int]]
+FUNCTIONS: dict[str, Handler] = {}
+TRANSIENT_RETRIES = 3
+
+
+def module_function(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        FUNCTIONS[name] = handler
+        return handler
+    return register
+
+
+def success() -> tuple[dict, int]:
+    return {"result": "success"}, 200
+
+
+def error(message: str) -> tuple[dict, int]:
+    return {"result": "error", "message": message}, 200
+
+
+@bp.before_request
+def check_signature():
+    try:
+        verify(current_app.config["BRIDGE_SECRET"], request.headers, request.method, request.path,
+               request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"])
+    except SignatureError as exc:
+        return jsonify(result="error", message=f"unauthorized: {exc}"), 401
+    return None
+
+
+@bp.errorhandler(Exception)
+def unexpected(exc: Exception):
+    from werkzeug.exceptions import HTTPException
+    if isinstance(exc, HTTPException):
+        return jsonify(result="error", message=exc.description), exc.code
+    db.session.rollback()
+    log.exception("bridge call failed")
+    return jsonify(result="error", message="internal error; the details are in the server log"), 500
+
+
+@bp.post("/module/<function>")
+def module_call(function: str):
+    handler = FUNCTIONS.get(function)
+    if handler is None:
+        return jsonify(result="error", message=f"unknown module function {function!r}",
+                       functions=sorted(FUNCTIONS)), 404
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        return jsonify(result="error", message="malformed payload",
+                       errors={"body": "must be a JSON object with the WHMCS module parameters"}), 400
+    for attempt in range(TRANSIENT_RETRIES):
+        try:
+            body, status = handler(payload)
+            break
+        except accounts.ParamsError as exc:
+            return jsonify(result="error", message="malformed payload", errors=exc.errors), 400
+        except OperationalError as exc:
+            # Every handler is an idempotent upsert: a deadlocked transaction is simply run again.
+            db.session.rollback()
+            if not is_transient(exc) or attempt == TRANSIENT_RETRIES - 1:
+                raise
+    return jsonify(body), status
+
+
+@module_function("TestConnection")
+def test_connection(payload: dict) -> tuple[dict, int]:
+    # WHMCS tests a server from its form, possibly before it is saved: nothing is stored here.
+    errors: dict[str, str] = {}
+    server = accounts.parse_server(payload, errors, require_id=False)
+    if errors:
+        raise accounts.ParamsError(errors)
+    unsaved = Server(id=server.id, hostname=server.hostname, ip=server.ip, port=server.port,
+                     token_id=server.token_id, verify_tls=server.verify_tls, ca_pem=server.ca_pem)
+    endpoint = endpoint_for(unsaved, server.token_secret, current_app.instance_path)
+    problem = check_connection(Pve(endpoint, timeout=setting("api_timeout")))
+    body = {"success": problem is None, "error": problem or ""}
+    accounts.log_call("TestConnection", None, payload, body)
+    return body, 200
+
+
+@module_function("SetDNSRecords")
+def set_dns_records(payload: dict) -> tuple[dict, int]:
+    """The admin button: queue a full DNS resync for the next tick and answer at once."""
+    from core import vms
+    errors: dict[str, str] = {}
+    service_id = accounts._int(payload, "serviceid", errors)
+    if errors:
+        raise accounts.ParamsError(errors)
+    vm = db.session.get(vms.VM, service_id)
+    if vm is None:
+        return error("this service has no VM yet")
+    try:
+        vms.queue_dns_resync(vm)
+    except vms.VMActionError as exc:
+        return error(str(exc.errors["status"]))
+    accounts.log_call("SetDNSRecords", service_id, payload, {"result": "success"})
+    return success()
+
+
+def _account_action(name: str, act, payload: dict) -> tuple[dict, int]:
+    """A module function over the whole $params: validate, act, answer WHMCS, log the call."""
+    from core.products import PackageError
+    params = accounts.parse_account(payload)
+    try:
+        act(params)
+    except (accounts.AccountError, PackageError) as exc:
+        body, status = error(str(exc))
+    else:
+        body, status = success()
+    accounts.log_call(name, params.service_id, payload, body)
+    return body, status
+
+
+for _name, _act in (("ChangePackage", accounts.change_package), ("SuspendAccount", accounts.suspend),
+                    ("UnsuspendAccount", accounts.unsuspend), ("TerminateAccount", accounts.terminate),
+                    ("ChangePassword", accounts.change_password), ("ResetPassword", accounts.reset_password),
+                    ("Start", lambda p: accounts.power(p, "start")), ("Stop", lambda p: accounts.power(p, "stop")),
+                    ("Redeploy", accounts.redeploy)):
+    FUNCTIONS[_name] = (lambda name, act: lambda payload: _account_action(name, act, payload))(_name, _act)
+
+
+@module_function("Reinstall")
+def reinstall(payload: dict) -> tuple[dict, int]:
+    """Optional ``template``: the VMID of the OS template the client chose (another OS than the package's)."""
+    errors: dict[str, str] = {}
+    template = accounts._int(payload, "template", errors, required=False, minimum=100, maximum=999_999_999)
+    if errors:
+        raise accounts.ParamsError(errors)
+    return _account_action("Reinstall", lambda params: accounts.reinstall(params, template), payload)
+
+
+# The original's admin commands that run one deploy step on their own (synchronously, under the VM lease).
+STEP_COMMANDS = {
+    "VMSetDedicatedIp": "creation", "VMSetDNSRecords": "set_ip", "VMClone": "set_dns",
+    "migrateToTargetNode": "clone", "VMSetCpuRam": "migrated", "VMSetSystemDiskSize": "set_cpu_ram",
+    "VMSetSystemDiskBandwidth": "set_system_disk_size", "VMSetCreatedAdditionalDisk": "set_system_disk_bandwidth",
+    "VMSetAdditionalDiskSize": "set_created_additional_disk",
+    "VMSetAdditionalDiskBandwidth": "set_additional_disk_size", "VMSetNetwork": "set_additional_disk_bandwidth",
+    "VMSetFirewall": "set_network", "VMSetCloudinit": "set_firewall", "VMStart": "set_cloudinit",
+}
+
+
+def _step_command(name: str, source: str, payload: dict) -> tuple[dict, int]:
+    from core import queue as work_queue
+    from core import settings as module_settings
+    params = accounts.parse_account(payload)
+    accounts.upsert_account(params)
+    try:
+        answer = work_queue.run_and_wait("jobs.worker.run_step_job", params.service_id, source,
+                                         timeout=module_settings.get("api_heavy_timeout") + 10)
+    except work_queue.JobFailed as exc:
+        answer = {"result": "error", "message": str(exc)}
+    body = success() if answer.get("result") == "success" else error(answer.get("message") or "failed")
+    accounts.log_call(name, params.service_id, payload, body[0])
+    return body
+
+
+for _name, _source in STEP_COMMANDS.items():
+    FUNCTIONS[_name] = (lambda name, source: lambda payload: _step_command(name, source, payload))(_name, _source)
+
+
+@module_function("CreateAccount")
+def create_account(payload: dict) -> tuple[dict, int]:
+    params = accounts.parse_account(payload)
+    try:
+        vm, queued = accounts.create_account(params)
+    except accounts.AccountError as exc:
+        body, status = error(str(exc))
+    else:
+        body, status = success()
+        body["status"] = vm.status
+        body["queued"] = queued
+    accounts.log_call("CreateAccount", params.service_id, payload, body)
+    return body, status

@@ -1,0 +1,46 @@
+"""Configuration: class defaults, then FLASK_* / PKVM_* environment, then what the caller passes.
+
+No secret has a built-in default: the Flask secret key, the bridge secret and the key that encrypts
+secrets at rest are generated on first use and kept in the instance folder.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+class Config:
+    SQLALCHEMY_DATABASE_URI: str | None = None  # set from DATABASE_URL or the instance SQLite file
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    REDIS_URL: str | None = None
+    RQ_QUEUE = "pkvm"
+    # Seconds a bridge call's timestamp may differ from ours.
+    BRIDGE_MAX_SKEW = 300
+    # The in-process ticker (no Redis): seconds between ticks; 0 turns it off.
+    TICKER_SECONDS = 60
+    # Seconds between polls of a running Proxmox task.
+    TASK_POLL_SECONDS = 1.0
+    # An RQ job waits this long for a Proxmox task before it re-queues itself JOB_REQUEUE_SECONDS later.
+    JOB_MAX_WAIT = 5.0
+    JOB_REQUEUE_SECONDS = 3.0
+    WTF_CSRF_TIME_LIMIT = 3600
+
+
+def instance_secret(instance_path: str, name: str, nbytes: int = 32) -> str:
+    """Read instance/<name>, creating it with a fresh random value (mode 0600) the first time."""
+    path = Path(instance_path) / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(nbytes)
+    # O_EXCL: two processes starting at once agree on one value.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value

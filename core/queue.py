@@ -1,0 +1,89 @@
+"""Handing work to the jobs side without importing it: RQ by dotted name when REDIS_URL is set, otherwise a
+wake-up for the in-process ticker."""
+from __future__ import annotations
+
+import secrets
+import threading
+from datetime import timedelta
+
+from flask import current_app
+
+VM_JOB = "jobs.worker.process_vm_job"
+# Set whenever work is queued without Redis; the in-process ticker waits on it.
+wakeup = threading.Event()
+_redis_cache: dict[str, object] = {}
+
+
+def redis_connection():
+    url = current_app.config.get("REDIS_URL")
+    if not url:
+        return None
+    conn = _redis_cache.get(url)
+    if conn is None:
+        from redis import Redis
+        conn = _redis_cache[url] = Redis.from_url(url)
+    return conn
+
+
+def rq_queue():
+    conn = redis_connection()
+    if conn is None:
+        return None
+    from rq import Queue
+    return Queue(current_app.config["RQ_QUEUE"], connection=conn)
+
+
+def vm_job_id(service_id: int) -> str:
+    """Job ids are global in Redis: they carry the queue's name, so two installations never collide."""
+    return f"{current_app.config['RQ_QUEUE']}-vm-{service_id}"
+
+
+ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
+
+
+def enqueue_vm(service_id: int, delay: float = 0) -> bool:
+    """Ask for the VM's pipeline to run soon. With Redis: one job per VM (an existing queued or running job
+    is not doubled); without: wake the in-process ticker. Returns True when a job was queued."""
+    queue = rq_queue()
+    if queue is None:
+        wakeup.set()
+        return False
+    if delay:
+        # A fresh id: the job asking for its follow-up may itself be a follow-up, and a finishing job
+        # writes its own state over the job of that id.
+        queue.enqueue_in(timedelta(seconds=delay), VM_JOB, service_id,
+                         job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
+                         failure_ttl=86400)
+        return True
+    job = queue.fetch_job(vm_job_id(service_id))
+    if job is not None and job.get_status(refresh=True) in ACTIVE_JOB_STATES:
+        return False
+    queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
+                  job_timeout=3600)
+    return True
+
+
+class JobFailed(Exception):
+    """A job run on behalf of a request failed or did not finish in time."""
+
+
+def run_and_wait(func: str, *args, timeout: float):
+    """Run a job by its dotted name and wait for its answer: on an RQ worker when Redis is used, in this
+    process otherwise (an admin button that must answer with the outcome)."""
+    queue = rq_queue()
+    if queue is None:
+        import importlib
+        module, name = func.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)(*args)
+    from redis.exceptions import TimeoutError as RedisTimeout
+    job = queue.enqueue(func, *args, job_timeout=int(timeout) + 30, result_ttl=600, failure_ttl=86400)
+    try:
+        result = job.latest_result(timeout=int(timeout))
+    except RedisTimeout:
+        result = None
+    if result is None:
+        raise JobFailed(f"no answer from a worker within {int(timeout)}s (is an rq worker running?)")
+    if result.type != result.Type.SUCCESSFUL:
+        last = (result.exc_string or "").strip().splitlines()
+        raise JobFailed(last[-1] if last else "the job failed")
+    return result.return_value

@@ -1,0 +1,153 @@
+"""Module settings: one typed table of every setting with its default and allowed range.
+
+Values live in the ``settings`` table; anything not stored reads as its default. Secret settings are
+sealed at rest and never returned by ``public()``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask_babel import lazy_gettext as _l
+
+from .extensions import db
+from .models import Setting
+from .vault import seal, unseal
+
+
+@dataclass(frozen=True)
+class Spec:
+    default: Any
+    kind: type
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[str, ...] | None = None
+    secret: bool = False
+
+
+# Cron task intervals are minutes; 0 disables a task (seed 002, "Cron Settings").
+TASK_DEFAULTS = {
+    "processVirtualMachines": 1,
+    "removeOldSnapshots": 5,
+    "restoreBackupStatus": 1,
+    "nowBackupStatus": 1,
+    "scheduleBackup": 5,
+    "collectingStatistics": 60,
+}
+
+# Title and description of each cron task (seed 002, "Cron Settings").
+TASK_INFO = {
+    "processVirtualMachines": (_l("Process Virtual Machines"), _l(
+        "Continues VM provisioning (deploy, clone, set IP, CPU/RAM, disk, network, cloudinit). Also handles "
+        "package changes and DNS record updates for VMs not yet in \"ready\" state.")),
+    "removeOldSnapshots": (_l("Remove Old Snapshots"), _l(
+        "Removes snapshots that have exceeded their configured lifetime. Only processes VMs with existing "
+        "snapshots.")),
+    "restoreBackupStatus": (_l("Restore Backup Status"), _l(
+        "Monitors progress of backup restore operations. Sends confirmation email when restore completes "
+        "successfully.")),
+    "nowBackupStatus": (_l("Now Backup Status"), _l(
+        "Monitors progress of on-demand backup operations. Clears tracking when backup completes or fails.")),
+    "scheduleBackup": (_l("Schedule Backup"), _l(
+        "Triggers scheduled backups based on per-VM daytime configuration. Automatically rotates old backups "
+        "when limit is reached.")),
+    "collectingStatistics": (_l("Collecting Statistics"), _l(
+        "Collects network traffic statistics (in/out) from Proxmox RRD data. Runs once per hour per VM. "
+        "Auto-cleans records older than 35 days.")),
+}
+
+SPECS: dict[str, Spec] = {
+    "api_timeout": Spec(10, int, 1, 300),
+    "api_heavy_timeout": Spec(60, int, 1, 600),
+    "migration_enabled": Spec(True, bool),
+    "migration_timeout": Spec(300, int, 1, 3600),
+    "delete_data_on_uninstall": Spec(False, bool),
+    "cron_mode": Spec("hook", str, choices=("hook", "standalone")),
+    "cron_lock_timeout": Spec(600, int, 10, 86400),
+    "whmcs_api_url": Spec("", str),
+    "whmcs_api_identifier": Spec("", str),
+    "whmcs_api_secret": Spec("", str, secret=True),
+    "dns_json_allowlist": Spec("", str),
+    **{f"interval_{name}": Spec(minutes, int, 0, 10080) for name, minutes in TASK_DEFAULTS.items()},
+}
+
+
+class SettingError(ValueError):
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def coerce(key: str, value: Any) -> Any:
+    """The value as the setting's type, within its range; raises SettingError."""
+    spec = SPECS.get(key)
+    if spec is None:
+        raise SettingError({key: _l("Unknown setting.")})
+    try:
+        if value is None or isinstance(value, (list, dict)):
+            raise ValueError
+        if spec.kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+                    raise ValueError
+                value = value.lower() in ("1", "true", "yes", "on")
+            else:
+                value = bool(value)
+        elif spec.kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            value = int(str(value).strip())
+        else:
+            value = "" if value is None else str(value).strip()
+    except ValueError:
+        kind = {bool: _l("Must be yes or no."), int: _l("Must be a whole number.")}.get(spec.kind, _l("Invalid value."))
+        raise SettingError({key: kind}) from None
+    if spec.minimum is not None and value < spec.minimum or spec.maximum is not None and value > spec.maximum:
+        raise SettingError({key: _l("Must be between %(min)s and %(max)s.", min=spec.minimum, max=spec.maximum)})
+    if spec.choices and value not in spec.choices:
+        raise SettingError({key: _l("Must be one of: %(choices)s.", choices=", ".join(spec.choices))})
+    return value
+
+
+def get(key: str) -> Any:
+    spec = SPECS[key]
+    row = db.session.get(Setting, key)
+    if row is None or row.value is None:
+        return spec.default
+    return unseal(row.value) if spec.secret else row.value
+
+
+def update(values: dict[str, Any]) -> None:
+    """Validate every value first, then store them all (nothing is written if one is wrong).
+
+    A secret given as "" or None keeps its stored value."""
+    errors, clean = {}, {}
+    for key, value in values.items():
+        spec = SPECS.get(key)
+        if spec is not None and spec.secret and value in ("", None):
+            continue
+        try:
+            clean[key] = coerce(key, value)
+        except SettingError as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise SettingError(errors)
+    for key, value in clean.items():
+        stored = seal(value) if SPECS[key].secret else value
+        row = db.session.get(Setting, key)
+        if row is None:
+            db.session.add(Setting(key=key, value=stored))
+        else:
+            row.value = stored
+    db.session.commit()
+
+
+def public() -> dict[str, Any]:
+    """Every setting for display: secrets only say whether they are set."""
+    out = {}
+    for key, spec in SPECS.items():
+        if spec.secret:
+            out[key] = {"set": bool(get(key))}
+        else:
+            out[key] = get(key)
+    return out

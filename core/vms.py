@@ -1,0 +1,239 @@
+"""VM Management as a service: the list (filtered, searched, sorted, paginated in a constant number of
+queries), the run log, and the admin actions (reset, redeploy, delete record, raw record edit)."""
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, or_, select
+
+from . import queue as work_queue
+from .extensions import db
+from .models import VM, Client, IPAddress, Product, Server, Service, VMRun
+
+# The statuses an admin may reset a VM to (seed 002, "Reset VM Status"), with when to use each.
+RESET_STATUSES = ("ready", "creation", "set_ip", "change_package", "set_dns_records", "terminate", "remove")
+DELETABLE = ("error_terminate", "remove")
+SERVICE_STATUSES = ("Active", "Suspended", "Terminated", "Cancelled", "Pending")
+SERVICE_LABELS = {"Active": _l("Active"), "Suspended": _l("Suspended"), "Terminated": _l("Terminated"),
+                  "Cancelled": _l("Cancelled"), "Pending": _l("Pending"), "Fraud": _l("Fraud"),
+                  "Completed": _l("Completed")}
+SORTS = {"id": Service.id, "client": Client.lastname, "product": Product.name, "server": Server.name,
+         "vm": VM.vmid, "status": VM.status, "service": Service.status}
+# Columns the DB Record editor shows and may change, with their types.
+EDITABLE = {"vmid": int, "name": str, "status": str, "node": str, "mac": str, "rev_dns": dict,
+            "snapshots": int, "backups": int, "task_upid": str, "last_error_action": str,
+            "last_error_message": str}
+
+
+class VMActionError(ValueError):
+    def __init__(self, errors: dict[str, Any]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+@dataclass
+class VMRow:
+    vm: VM
+    service: Service
+    client: Client
+    product: Product
+    server: Server
+    addresses: list[tuple[str, str]] = field(default_factory=list)  # (address, rDNS name)
+
+
+@dataclass
+class Page:
+    rows: list[VMRow]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def list_vms(service_status: str = "", vm_status: str = "", search: str = "", sort: str = "id",
+             descending: bool = True, page: int = 1, per_page: int = 25) -> Page:
+    """One page of VMs across every server: three queries (count, page, its addresses) whatever the size."""
+    per_page = max(1, min(int(per_page), 200))
+    page = max(1, int(page))
+    query = (select(VM, Service, Client, Product, Server)
+             .join(Service, Service.id == VM.service_id).join(Client, Client.id == Service.client_id)
+             .join(Product, Product.id == Service.product_id).join(Server, Server.id == VM.server_id))
+    if service_status:
+        query = query.where(Service.status == service_status)
+    if vm_status:
+        query = query.where(VM.status == vm_status)
+    term = search.strip()
+    if term:
+        like = f"%{term.lower()}%"
+        matches = [func.lower(VM.name).like(like), func.lower(Client.firstname).like(like),
+                   func.lower(Client.lastname).like(like), func.lower(Client.companyname).like(like),
+                   func.lower(Product.name).like(like), func.lower(Server.name).like(like),
+                   func.lower(VM.status).like(like)]
+        if term.lstrip("#").isdigit():
+            number = int(term.lstrip("#"))
+            matches += [Service.id == number, VM.vmid == number]
+        try:
+            ipaddress.ip_address(term)
+            matches.append(VM.service_id.in_(select(IPAddress.service_id).where(
+                IPAddress.address == str(ipaddress.ip_address(term)))))
+        except ValueError:
+            if any(c in term for c in ".:") and len(term) >= 3:
+                matches.append(VM.service_id.in_(select(IPAddress.service_id).where(
+                    IPAddress.address.like(f"%{term}%"))))
+        query = query.where(or_(*matches))
+    total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    column = SORTS.get(sort, Service.id)
+    query = query.order_by(column.desc() if descending else column.asc(), Service.id.desc())
+    found = db.session.execute(query.limit(per_page).offset((page - 1) * per_page)).all()
+    rows = [VMRow(vm, service, client, product, server) for vm, service, client, product, server in found]
+    by_service = {row.vm.service_id: row for row in rows}
+    if by_service:
+        for address in db.session.scalars(select(IPAddress).where(IPAddress.service_id.in_(by_service))
+                                          .order_by(IPAddress.family, IPAddress.position, IPAddress.key)):
+            row = by_service[address.service_id]
+            row.addresses.append((address.address, (row.vm.rev_dns or {}).get(address.address, "")))
+    return Page(rows, total, page, per_page)
+
+
+def runs(service_id: int) -> list[VMRun]:
+    return list(db.session.scalars(select(VMRun).where(VMRun.service_id == service_id)
+                                   .order_by(VMRun.id.desc())))
+
+
+def get(service_id: int) -> VM:
+    vm = db.session.get(VM, service_id)
+    if vm is None:
+        raise LookupError(service_id)
+    return vm
+
+
+def reset(vm: VM, status: str) -> VM:
+    """Put the VM at a re-runnable status; the next tick takes it from there."""
+    if status not in RESET_STATUSES:
+        raise VMActionError({"status": _l("Choose one of: %(statuses)s", statuses=", ".join(RESET_STATUSES))})
+    vm.status = status
+    vm.task_upid = vm.task_status = vm.task_started_at = None
+    vm.next_run_at = None
+    vm.lease_owner = vm.lease_until = None
+    db.session.commit()
+    work_queue.enqueue_vm(vm.service_id)
+    return vm
+
+
+def redeploy(vm: VM) -> VM:
+    """Queue a full redeploy: the next tick destroys the VM on Proxmox, hands its addresses back, clears its
+    log and deploys it from ``creation``. Refused for a VM that is ready (reset it first)."""
+    if vm.status == "ready":
+        raise VMActionError({"status": _l("A ready VM is not redeployed; reset its status first if you must.")})
+    vm.status = "redeploy"
+    vm.task_upid = vm.task_status = vm.task_started_at = None
+    vm.next_run_at = None
+    db.session.commit()
+    work_queue.enqueue_vm(vm.service_id)
+    return vm
+
+
+def delete_record(vm: VM) -> None:
+    """Remove the row (and its log) of a VM that is terminated or failed to terminate; Proxmox is not
+    touched. Addresses it still holds are handed back."""
+    if vm.status not in DELETABLE:
+        raise VMActionError({"status": _l("Only a VM in error_terminate or remove can be deleted.")})
+    db.session.execute(IPAddress.__table__.update().where(IPAddress.service_id == vm.service_id)
+                       .values(service_id=None, allocated_at=None))
+    db.session.execute(VMRun.__table__.delete().where(VMRun.service_id == vm.service_id))
+    db.session.delete(vm)
+    db.session.commit()
+
+
+def record(vm: VM) -> dict[str, Any]:
+    """The raw row as the DB Record editor shows it."""
+    out = {"service_id": vm.service_id, "server_id": vm.server_id}
+    for key in EDITABLE:
+        out[key] = getattr(vm, key)
+    out["updated_at"] = vm.updated_at.isoformat() if vm.updated_at else None
+    return out
+
+
+def update_record(vm: VM, values: dict[str, Any]) -> VM:
+    """Write raw values, each checked against its column's type; nothing is written if one is wrong."""
+    errors: dict[str, Any] = {}
+    clean: dict[str, Any] = {}
+    for key, raw in values.items():
+        kind = EDITABLE.get(key)
+        if kind is None:
+            errors[key] = _l("This field cannot be edited.")
+            continue
+        try:
+            if kind is int:
+                clean[key] = None if raw in ("", None) and key == "vmid" else int(raw)
+                if clean[key] is not None and not 0 <= clean[key] < 2**31:
+                    raise ValueError
+            elif kind is dict:
+                value = json.loads(raw) if isinstance(raw, str) else raw
+                if not isinstance(value, dict):
+                    raise ValueError
+                clean[key] = value
+            else:
+                clean[key] = None if raw is None else str(raw)
+        except (TypeError, ValueError):
+            errors[key] = _l("Must be a whole number.") if kind is int else \
+                _l("Must be a JSON object.") if kind is dict else _l("Invalid value.")
+    if "status" in clean and not clean["status"]:
+        errors["status"] = _l("The status cannot be empty.")
+    if errors:
+        raise VMActionError(errors)
+    for key, value in clean.items():
+        setattr(vm, key, value)
+    db.session.commit()
+    return vm
+
+
+def pipeline_counts() -> dict[str, int]:
+    return dict(db.session.execute(select(VM.status, func.count()).group_by(VM.status)).all())
+
+
+def errors_since(since: datetime) -> int:
+    return db.session.scalar(select(func.count()).select_from(VMRun).where(
+        VMRun.result == "error", VMRun.started_at >= since)) or 0
+
+
+def active_services() -> int:
+    return db.session.scalar(select(func.count()).select_from(Service).where(Service.status == "Active")) or 0
+
+
+
+def queue_dns_resync(vm: VM) -> VM:
+    """Set DNS records: queue a full delete-and-recreate of the VM's records for the next tick."""
+    if vm.status == "set_dns_records":
+        return vm
+    if vm.status != "ready":
+        raise VMActionError({"status": _l("The VM is busy (%(status)s); try again when it is ready.",
+                                          status=vm.status)})
+    vm.status = "set_dns_records"
+    db.session.commit()
+    work_queue.enqueue_vm(vm.service_id)
+    return vm
+
+
+def dns_map() -> list[dict[str, str]]:
+    """Every address handed to a live VM with its forward name and reverse name (the legacy dns.php)."""
+    from .products import ProductSettings
+    rows = db.session.execute(
+        select(IPAddress.address, VM.name, VM.rev_dns, Product.settings)
+        .join(VM, VM.service_id == IPAddress.service_id).join(Service, Service.id == VM.service_id)
+        .join(Product, Product.id == Service.product_id)
+        .where(VM.status.not_in(("remove",))).order_by(IPAddress.family, IPAddress.key)).all()
+    out = []
+    for address, name, rev_dns, product_settings in rows:
+        domain = ProductSettings.from_stored(product_settings).main_domain.rstrip(".")
+        forward = f"{name}.{domain}" if domain else name
+        out.append({"forward": forward, "ip": address, "reverse": (rev_dns or {}).get(address) or forward})
+    return out

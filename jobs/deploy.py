@@ -1,0 +1,460 @@
+"""The deploy pipeline: from ``creation`` to ``ready``, the statuses, order and labels of the original.
+
+Every step first reads what Proxmox has (does the VMID exist, how big is the disk, what is in net0) and only
+then acts, so a step run twice, or resumed after a crash, changes nothing the second time.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from urllib.parse import quote
+
+from sqlalchemy.exc import IntegrityError
+
+from core import dns, ipam, settings, whmcs
+from core.extensions import db
+from core.models import IPAddress
+from core.proxmox import disks
+from core.proxmox.client import ProxmoxError
+from core.proxmox.cluster import choose_target_node, choose_vmid, vm_location
+from core.vault import unseal
+
+from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
+
+log = logging.getLogger(__name__)
+IPSET = "ipfilter-net0"
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _config(ctx: StepContext) -> dict:
+    vm = ctx.vm
+    return ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "config") or {}
+
+
+def _put_config(ctx: StepContext, **values) -> None:
+    vm = ctx.vm
+    ctx.pve().put("nodes", vm.node, "qemu", vm.vmid, "config", **values)
+
+
+def _addresses(ctx: StepContext) -> list[IPAddress]:
+    return ipam.assigned(ctx.service.id)
+
+
+def vm_fqdn(ctx: StepContext) -> str:
+    domain = ctx.package.main_domain.rstrip(".")
+    return f"{ctx.vm.name}.{domain}" if domain else ctx.vm.name
+
+
+def _resize(ctx: StepContext, key: str | None, size_gb: int, what: str) -> StepResult:
+    if key is None:
+        raise StepFailed(f"the VM has no {what} to resize")
+    if size_gb <= 0:
+        return Done("skip - no size set")
+    config = _config(ctx)
+    current, wanted = disks.disk_size(config, key), size_gb * 1024 ** 3
+    if current == wanted:
+        return Done("skip - no change")
+    if current > wanted:
+        return Done("skip - shrink not allowed by Proxmox")
+    vm = ctx.vm
+    return ctx.await_task(lambda: ctx.pve().put("nodes", vm.node, "qemu", vm.vmid, "resize", disk=key,
+                                                 size=f"{size_gb}G"),
+                          settings.get("api_heavy_timeout"), "disk resize")
+
+
+def _set_throttles(ctx: StepContext, key: str | None, prefix: str, clear: bool = False) -> StepResult:
+    """Limits on a disk as the package says. In a deploy all-zero limits make no API call at all; in a
+    change package (clear) limits the package no longer has are removed."""
+    pkg = ctx.package
+    wanted = {name: getattr(pkg, f"{prefix}_{name}") for name in disks.THROTTLES}
+    if not any(wanted.values()) and not clear:
+        return Done("skip - no limits set")
+    if key is None:
+        raise StepFailed("the VM has no such disk to limit")
+    value = _config(ctx).get(key, "")
+    new = disks.with_throttles(value, wanted)
+    if new == value:
+        return Done("skip - no change")
+    _put_config(ctx, **{key: new})
+    return Done()
+
+
+def _system_disk(ctx: StepContext) -> str | None:
+    return disks.system_disk(_config(ctx))
+
+
+def _additional_disk(config: dict) -> str | None:
+    """The additional disk: the first data disk after the system disk."""
+    system = disks.system_disk(config)
+    others = [k for k in disks.data_disks(config) if k != system]
+    return others[0] if others else None
+
+
+# --------------------------------------------------------------------------- steps
+
+def allocate_ip(ctx: StepContext) -> StepResult:
+    pkg = ctx.package
+    if pkg.dhcp:
+        return Done("skip - DHCP")
+    if not pkg.ipv4_count and not pkg.ipv6_count:
+        return Done("skip - no addresses in package")
+    got = []
+    try:
+        for family, count in ((4, pkg.ipv4_count), (6, pkg.ipv6_count)):
+            if count:
+                got += ipam.allocate(ctx.server, family, ctx.service.id, count)
+    except ipam.NoFreeAddress as exc:
+        raise StepFailed(str(exc)) from None
+    fqdn = vm_fqdn(ctx)
+    rev = dict(ctx.vm.rev_dns or {})
+    for address in got:
+        rev.setdefault(address.address, fqdn)
+    ctx.vm.rev_dns = rev
+    ctx.commit()
+    return Done(", ".join(a.address for a in got))
+
+
+def dns_target(ctx: StepContext) -> dns.Target:
+    return dns.Target(ctx.service.id, vm_fqdn(ctx), [a.address for a in _addresses(ctx)], dict(ctx.vm.rev_dns or {}))
+
+
+def set_dns(ctx: StepContext) -> StepResult:
+    """Forward and reverse records; a DNS problem is reported and never holds the deploy back."""
+    return Done(dns.set_records(dns_target(ctx), ctx.out.line).note)
+
+
+def template_of(ctx: StepContext) -> tuple[int, str]:
+    """(VMID, node) of the template to clone: the one the client chose at a reinstall, else the package's."""
+    vm, pkg = ctx.vm, ctx.package
+    if vm.os_template and vm.os_template != pkg.template_vmid:
+        found = vm_location(ctx.pve(), vm.os_template)
+        if found is None or not found.get("template"):
+            raise StepFailed(f"template {vm.os_template} is not a template on the cluster")
+        return vm.os_template, found["node"]
+    if not pkg.template_vmid or not pkg.template_node:
+        raise StepFailed("the product has no OS template (template VMID and node) set")
+    return pkg.template_vmid, pkg.template_node
+
+
+def clone(ctx: StepContext) -> StepResult:
+    vm, pkg = ctx.vm, ctx.package
+    template_vmid, template_node = template_of(ctx)
+    pve = ctx.pve()
+    if not (vm.task_upid and vm.task_status == vm.status):
+        if vm.vmid is not None:
+            found = vm_location(pve, vm.vmid)
+            if found is not None:
+                if found.get("name") != vm.name:
+                    # Somebody else's VM holds our VMID: leave it alone and pick another.
+                    vm.vmid = None
+                    ctx.commit()
+                elif found.get("lock") == "clone":
+                    vm.node = found["node"]
+                    ctx.commit()
+                    return Wait("clone in progress")
+                else:
+                    vm.node = found["node"]
+                    ctx.commit()
+                    return _after_clone(ctx)
+        if vm.vmid is None:
+            _claim_vmid(ctx)
+            vm = ctx.vm
+
+    def start() -> str:
+        full = pkg.clone_mode != "linked"
+        return pve.post("nodes", template_node, "qemu", template_vmid, "clone", newid=vm.vmid,
+                        name=vm.name, full=full, storage=pkg.system_disk_storage if full else None)
+
+    vm.node = template_node
+    outcome = ctx.await_task(start, settings.get("api_heavy_timeout"), "clone")
+    if isinstance(outcome, Wait):
+        return outcome
+    return _after_clone(ctx)
+
+
+def _claim_vmid(ctx: StepContext) -> None:
+    """Reserve a VMID on the VM row; the unique (server, vmid) constraint settles races between workers."""
+    vm, exclude = ctx.vm, set()
+    for _ in range(20):
+        vm.vmid = choose_vmid(ctx.pve(), vm.server_id, ctx.package.first_vmid, exclude)
+        try:
+            db.session.commit()
+            return
+        except IntegrityError:
+            db.session.rollback()
+            exclude.add(vm.vmid)
+            vm = ctx.vm = db.session.get(type(vm), vm.service_id)
+    raise StepFailed("could not reserve a free VMID")
+
+
+def send_mail(ctx: StepContext, template: str, customvars: dict, what: str) -> StepResult:
+    """A WHMCS email template to the service's client; a mail that cannot go out is noted, never fatal."""
+    if template:
+        try:
+            whmcs.send_email(template, ctx.service.id, customvars)
+        except whmcs.WhmcsError as exc:
+            return Done(f"{what} email not sent: {exc}")
+    return Done()
+
+
+def _after_clone(ctx: StepContext) -> StepResult:
+    return send_mail(ctx, ctx.package.email_welcome, {"vm_name": ctx.vm.name, "vmid": str(ctx.vm.vmid)}, "welcome")
+
+
+def migrate(ctx: StepContext) -> StepResult:
+    vm, pkg = ctx.vm, ctx.package
+    if not settings.get("migration_enabled"):
+        return Done("skip - migration disabled")
+    pve = ctx.pve()
+    if not (vm.task_upid and vm.task_status == vm.status):
+        found = vm_location(pve, vm.vmid)
+        if found is None:
+            raise StepFailed(f"VM {vm.vmid} is not on the cluster")
+        vm.node = found["node"]
+        choice = choose_target_node(pve, pkg.system_disk_storage, pkg.target_node)
+        if choice.node is None:
+            ctx.commit()
+            return Done(f"skip - {choice.reason}, staying on {vm.node}")
+        if choice.node == vm.node:
+            ctx.commit()
+            return Done(f"skip - already on {vm.node}")
+        target = choice.node
+    else:
+        target = None
+    source = vm.node
+
+    def start() -> str:
+        return pve.post("nodes", source, "qemu", vm.vmid, "migrate", target=target, online=0,
+                        targetstorage=pkg.system_disk_storage or None)
+
+    try:
+        outcome = ctx.await_task(start, settings.get("migration_timeout"), "migration")
+    except StepFailed as exc:
+        return Done(f"{exc}; staying on {source}")
+    except ProxmoxError as exc:
+        return Done(f"migration refused: {exc.message}; staying on {source}")
+    if isinstance(outcome, Wait):
+        return outcome
+    found = vm_location(pve, vm.vmid)
+    vm.node = found["node"] if found else vm.node
+    ctx.commit()
+    return Done() if vm.node != source else Done(f"still on {source}")
+
+
+def set_cpu_ram(ctx: StepContext) -> StepResult:
+    pkg = ctx.package
+    config = _config(ctx)
+    wanted = {"cores": pkg.cpu_cores, "sockets": pkg.cpu_sockets, "memory": pkg.ram_mb}
+    current = {k: int(str(config.get(k, 1 if k != "memory" else 512)).split("=")[-1] or 0) for k in wanted}
+    if current == wanted:
+        return Done("skip - no change")
+    _put_config(ctx, **wanted)
+    return Done()
+
+
+def resize_system_disk(ctx: StepContext) -> StepResult:
+    return _resize(ctx, _system_disk(ctx), ctx.package.system_disk_gb, "system disk")
+
+
+def set_system_disk_io(ctx: StepContext) -> StepResult:
+    pkg = ctx.package
+    if not any(getattr(pkg, f"system_disk_{n}") for n in disks.THROTTLES):
+        return Done("skip - no limits set")
+    return _set_throttles(ctx, _system_disk(ctx), "system_disk")
+
+
+def create_additional_disk(ctx: StepContext) -> StepResult:
+    pkg = ctx.package
+    if pkg.additional_disk_gb <= 0 or not pkg.additional_disk_storage:
+        return Done("skip - not configured")
+    config = _config(ctx)
+    if _additional_disk(config):
+        return Done("skip - already present")
+    system = disks.system_disk(config)
+    bus = disks.bus_of(system) if system else "scsi"
+    key = disks.free_disk_key(config, bus)
+    fmt = disks.volume_format(disks.split_value(config.get(system, ""))[0]) if system else "raw"
+    _put_config(ctx, **{key: f"{pkg.additional_disk_storage}:{pkg.additional_disk_gb},format={fmt}"})
+    return Done()
+
+
+def resize_additional_disk(ctx: StepContext) -> StepResult:
+    pkg = ctx.package
+    if pkg.additional_disk_gb <= 0 or not pkg.additional_disk_storage:
+        return Done("skip - not configured")
+    return _resize(ctx, _additional_disk(_config(ctx)), pkg.additional_disk_gb, "additional disk")
+
+
+def set_additional_disk_io(ctx: StepContext) -> StepResult:
+    pkg = ctx.package
+    if pkg.additional_disk_gb <= 0 or not any(getattr(pkg, f"additional_disk_{n}") for n in disks.THROTTLES):
+        return Done("skip - no limits set")
+    return _set_throttles(ctx, _additional_disk(_config(ctx)), "additional_disk")
+
+
+def _random_mac() -> str:
+    # Proxmox's own OUI (BC:24:11), as the GUI assigns them.
+    return "BC:24:11:" + ":".join(f"{b:02X}" for b in secrets.token_bytes(3))
+
+
+def network_values(ctx: StepContext, config: dict) -> str:
+    vm, pkg = ctx.vm, ctx.package
+    mac = vm.mac or disks.nic_mac(config.get("net0")) or _random_mac()
+    if vm.mac != mac:
+        vm.mac = mac
+        ctx.commit()
+    bridge, vlan = pkg.network_bridge, pkg.network_vlan
+    pool = ctx.pool_of_main_address(4) or ctx.pool_of_main_address(6)
+    if pkg.auto_bridge_vlan and pool is not None and not pkg.dhcp:
+        bridge, vlan = pool.bridge or bridge, pool.vlan
+    firewall = pkg.firewall_enable and not pkg.dhcp
+    return disks.nic_value(pkg.network_model, mac, bridge, vlan, pkg.network_rate_mbs, firewall)
+
+
+def configure_network(ctx: StepContext) -> StepResult:
+    config = _config(ctx)
+    value = network_values(ctx, config)
+    if config.get("net0") == value:
+        return Done("skip - no change")
+    _put_config(ctx, net0=value)
+    return Done()
+
+
+def configure_firewall(ctx: StepContext) -> StepResult:
+    vm, pkg = ctx.vm, ctx.package
+    if pkg.dhcp:
+        return Done("skip - DHCP")
+    if not pkg.firewall_enable:
+        return Done("skip - firewall disabled in product")
+    pve = ctx.pve()
+    base = ("nodes", vm.node, "qemu", vm.vmid, "firewall")
+    pve.put(*base, "options", enable=True, dhcp=pkg.firewall_dhcp, ndp=pkg.firewall_ndp,
+            macfilter=pkg.firewall_macfilter, ipfilter=pkg.firewall_ipfilter,
+            log_level_in=pkg.firewall_log_level_in, log_level_out=pkg.firewall_log_level_out,
+            policy_in=pkg.firewall_policy_in, policy_out=pkg.firewall_policy_out)
+    sync_ipset(ctx)
+    return Done()
+
+
+def sync_ipset(ctx: StepContext) -> None:
+    """The anti-spoofing IPSet ipfilter-net0 holds exactly the VM's own addresses."""
+    vm = ctx.vm
+    pve = ctx.pve()
+    base = ("nodes", vm.node, "qemu", vm.vmid, "firewall", "ipset")
+    if IPSET not in {s.get("name") for s in pve.get(*base) or []}:
+        pve.post(*base, name=IPSET, comment="anti-spoofing: addresses of this VM")
+    wanted = {a.address for a in _addresses(ctx)}
+    present = {str(e.get("cidr")).split("/")[0]: e.get("cidr") for e in pve.get(*base, IPSET) or []}
+    for address in sorted(wanted - set(present)):
+        pve.post(*base, IPSET, cidr=address)
+    for address in sorted(set(present) - wanted):
+        pve.delete(*base, IPSET, present[address])
+
+
+def cloudinit_values(ctx: StepContext) -> dict:
+    pkg, service = ctx.package, ctx.service
+    values: dict = {"ciuser": pkg.os_username or service.username or "root"}
+    password = unseal(service.password)
+    if password:
+        values["cipassword"] = password
+    addresses = _addresses(ctx)
+    dns_servers: list[str] = []
+    if pkg.dhcp:
+        values["ipconfig0"] = "ip=dhcp" + (",ip6=dhcp" if pkg.ipv6_count else "")
+    else:
+        parts = []
+        for family, ip_key, gw_key in ((4, "ip", "gw"), (6, "ip6", "gw6")):
+            main = next((a for a in addresses if a.family == family), None)
+            if main is None:
+                continue
+            pool = main.pool
+            mask = pool.mask if pool else (32 if family == 4 else 128)
+            parts.append(f"{ip_key}={main.address}/{mask}")
+            if pool and pool.gateway:
+                parts.append(f"{gw_key}={pool.gateway}")
+            if pool:
+                dns_servers += [d for d in (pool.dns1, pool.dns2) if d]
+        if parts:
+            values["ipconfig0"] = ",".join(parts)
+    if dns_servers:
+        values["nameserver"] = " ".join(dict.fromkeys(dns_servers))
+    if pkg.main_domain:
+        values["searchdomain"] = pkg.main_domain.rstrip(".")
+    keys = ssh_keys(service.customfields or {})
+    if keys:
+        values["sshkeys"] = quote(keys, safe="")
+    return values
+
+
+def ssh_keys(customfields: dict) -> str:
+    for name, value in customfields.items():
+        if name.lower().replace(" ", "").replace("_", "") in ("sshkey", "sshkeys", "sshpublickey") and value:
+            return "\n".join(line.strip() for line in str(value).splitlines() if line.strip())
+    return ""
+
+
+def configure_cloudinit(ctx: StepContext) -> StepResult:
+    config = _config(ctx)
+    values = cloudinit_values(ctx)
+    if not any("cloudinit" in str(v) for k, v in config.items() if disks.DISK_KEY.match(k)):
+        storage = disks.split_value(config.get(disks.system_disk(config) or "", ""))[0].split(":")[0] \
+            or ctx.package.system_disk_storage
+        values[disks.free_disk_key(config, "ide")] = f"{storage}:cloudinit"
+    _put_config(ctx, **values)
+    return Done()
+
+
+def _status(ctx: StepContext) -> dict:
+    vm = ctx.vm
+    return ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}
+
+
+def start_vm(ctx: StepContext, natural_wait: float | None = None) -> StepResult:
+    vm = ctx.vm
+    if not (vm.task_upid and vm.task_status == vm.status) and _status(ctx).get("status") == "running":
+        return Done("already running")
+    pve = ctx.pve()
+    try:
+        outcome = ctx.await_task(lambda: pve.post("nodes", vm.node, "qemu", vm.vmid, "status", "start"),
+                                 natural_wait or settings.get("api_heavy_timeout"), "start")
+    except StepFailed as exc:
+        raise StepFailed(f"VM failed to start ({exc})") from None
+    return outcome
+
+
+def verify_running(ctx: StepContext) -> StepResult:
+    status = _status(ctx).get("status")
+    if status != "running":
+        start_vm(ctx)
+        status = _status(ctx).get("status")
+        if status != "running":
+            raise StepFailed(f"VM failed to start (status: {status})")
+    addresses = _addresses(ctx)
+    return send_mail(ctx, ctx.package.email_vm_ready, {
+        "vm_name": ctx.vm.name, "vmid": str(ctx.vm.vmid),
+        "ip": next((a.address for a in addresses if a.family == 4), ""),
+        "ipv6": next((a.address for a in addresses if a.family == 6), ""),
+        "username": cloudinit_values(ctx)["ciuser"], "password": unseal(ctx.service.password)}, "VM ready")
+
+
+DEPLOY = register(Pipeline("Deploy", "deploy", (
+    Step("Allocate IP", "creation", "set_ip", allocate_ip),
+    Step("Set DNS records", "set_ip", "set_dns", set_dns),
+    Step("Clone VM", "set_dns", "clone", clone),
+    Step("Migrate to target node", "clone", "migrated", migrate),
+    Step("Set CPU & RAM", "migrated", "set_cpu_ram", set_cpu_ram),
+    Step("Resize system disk", "set_cpu_ram", "set_system_disk_size", resize_system_disk),
+    Step("Set system disk I/O", "set_system_disk_size", "set_system_disk_bandwidth", set_system_disk_io),
+    Step("Create additional disk", "set_system_disk_bandwidth", "set_created_additional_disk",
+         create_additional_disk),
+    Step("Resize additional disk", "set_created_additional_disk", "set_additional_disk_size",
+         resize_additional_disk),
+    Step("Set additional disk I/O", "set_additional_disk_size", "set_additional_disk_bandwidth",
+         set_additional_disk_io),
+    Step("Configure network", "set_additional_disk_bandwidth", "set_network", configure_network),
+    Step("Configure firewall", "set_network", "set_firewall", configure_firewall),
+    Step("Configure cloud-init", "set_firewall", "set_cloudinit", configure_cloudinit),
+    Step("Start VM", "set_cloudinit", "starting", start_vm),
+    Step("Verify running + Email", "starting", "ready", verify_running),
+)))

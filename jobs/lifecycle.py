@@ -1,0 +1,294 @@
+"""The lifecycle after the deploy: change package (the ``cp_*`` table), terminate (to ``remove`` or, on any
+failure, ``error_terminate``), and reset password. Each step compares the package with the VM and says
+``skip - no change`` rather than touch Proxmox for nothing."""
+from __future__ import annotations
+
+from core import dns, ipam, settings, whmcs
+from core.proxmox import disks
+from core.proxmox.client import ProxmoxError
+from core.proxmox.cluster import vm_location
+from core.vault import unseal
+
+from .deploy import (_additional_disk, _config, _put_config, _resize, _set_throttles, _status, _system_disk,
+                     cloudinit_values, configure_firewall, configure_network, dns_target, network_values,
+                     resize_system_disk, send_mail, set_cpu_ram, start_vm, sync_ipset)
+from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
+
+CP_START_WAIT = 60  # seconds the start at the end of a change package is polled in the same pass
+
+
+# --------------------------------------------------------------------------- change package
+
+def _hardware_changes(ctx: StepContext) -> list[str]:
+    """What the steps after the stop would change on this VM (empty: the VM need not be stopped)."""
+    pkg, config = ctx.package, _config(ctx)
+    changes = []
+    current = {k: int(str(config.get(k, 1 if k != "memory" else 512)).split("=")[-1] or 0)
+               for k in ("cores", "sockets", "memory")}
+    if current != {"cores": pkg.cpu_cores, "sockets": pkg.cpu_sockets, "memory": pkg.ram_mb}:
+        changes.append("cpu/ram")
+    system = disks.system_disk(config)
+    if system and disks.disk_size(config, system) < pkg.system_disk_gb * 1024 ** 3:
+        changes.append("system disk size")
+    if system and disks.throttles_of(config[system]) != {n: getattr(pkg, f"system_disk_{n}") for n in disks.THROTTLES}:
+        changes.append("system disk I/O")
+    extra = _additional_disk(config)
+    wants_extra = pkg.additional_disk_gb > 0 and bool(pkg.additional_disk_storage)
+    if bool(extra) != wants_extra:
+        changes.append("additional disk")
+    elif extra:
+        if disks.disk_size(config, extra) < pkg.additional_disk_gb * 1024 ** 3:
+            changes.append("additional disk size")
+        if disks.throttles_of(config[extra]) != {n: getattr(pkg, f"additional_disk_{n}") for n in disks.THROTTLES}:
+            changes.append("additional disk I/O")
+    if config.get("net0") != network_values(ctx, config):
+        changes.append("network")
+    return changes
+
+
+def cp_update_ip(ctx: StepContext) -> StepResult:
+    """Addresses to the package's counts (allocate or hand back), then DNS, the IPSet and cloud-init."""
+    pkg, vm = ctx.package, ctx.vm
+    if pkg.dhcp:
+        return Done("skip - DHCP")
+    before = {a.address for a in ipam.assigned(ctx.service.id)}
+    try:
+        for family, count in ((4, pkg.ipv4_count), (6, pkg.ipv6_count)):
+            held = [a for a in ipam.assigned(ctx.service.id) if a.family == family]
+            if len(held) > count:
+                ipam.release(ctx.service.id, family, keep=count)
+            elif len(held) < count:
+                ipam.allocate(ctx.server, family, ctx.service.id, count)
+    except ipam.NoFreeAddress as exc:
+        raise StepFailed(str(exc)) from None
+    after = {a.address for a in ipam.assigned(ctx.service.id)}
+    if before == after:
+        return Done("skip - no change")
+    removed = sorted(before - after)
+    rev = {ip: name for ip, name in (vm.rev_dns or {}).items() if ip not in removed}
+    for address in after - before:
+        rev.setdefault(address, dns_target(ctx).fqdn)
+    vm.rev_dns = rev
+    ctx.commit()
+    if removed:
+        dns.delete_records(dns.Target(ctx.service.id, "", removed, {}), ctx.out.line)
+    summary = dns.resync(dns_target(ctx), ctx.out.line)
+    if pkg.firewall_enable:
+        sync_ipset(ctx)
+    _put_config(ctx, **{k: v for k, v in cloudinit_values(ctx).items() if k in ("ipconfig0", "nameserver")})
+    return Done(f"+{len(after - before)} -{len(removed)} addresses; {summary.note}")
+
+
+def _stop(ctx: StepContext, natural_wait: float) -> StepResult:
+    vm = ctx.vm
+    pve = ctx.pve()
+    if not (vm.task_upid and vm.task_status == vm.status) and _status(ctx).get("status") != "running":
+        return Done()
+    return ctx.await_task(lambda: pve.post("nodes", vm.node, "qemu", vm.vmid, "status", "shutdown",
+                                           timeout=int(natural_wait), forceStop=1), natural_wait + 30, "stop")
+
+
+def cp_stop(ctx: StepContext) -> StepResult:
+    changes = _hardware_changes(ctx)
+    if not changes:
+        return Done("skip - no change")
+    outcome = _stop(ctx, settings.get("api_heavy_timeout"))
+    return outcome if isinstance(outcome, Wait) else Done(", ".join(changes))
+
+
+def cp_system_disk_bandwidth(ctx: StepContext) -> StepResult:
+    return _set_throttles(ctx, _system_disk(ctx), "system_disk", clear=True)
+
+
+def cp_additional_disk(ctx: StepContext) -> StepResult:
+    """Create the additional disk the package now has, or, at 0, detach it and purge it from storage."""
+    pkg = ctx.package
+    config = _config(ctx)
+    extra = _additional_disk(config)
+    wanted = pkg.additional_disk_gb > 0 and bool(pkg.additional_disk_storage)
+    if wanted and not extra:
+        system = disks.system_disk(config)
+        key = disks.free_disk_key(config, disks.bus_of(system) if system else "scsi")
+        fmt = disks.volume_format(disks.split_value(config.get(system, ""))[0]) if system else "raw"
+        _put_config(ctx, **{key: f"{pkg.additional_disk_storage}:{pkg.additional_disk_gb},format={fmt}"})
+        return Done()
+    if not wanted and extra:
+        _put_config(ctx, delete=extra, force=1)  # force: the volume is freed, not left as unusedN
+        return Done(f"removed {extra}")
+    return Done("skip - no change")
+
+
+def cp_additional_disk_size(ctx: StepContext) -> StepResult:
+    pkg = ctx.package
+    extra = _additional_disk(_config(ctx))
+    if not extra or pkg.additional_disk_gb <= 0:
+        return Done("skip - no change")
+    return _resize(ctx, extra, pkg.additional_disk_gb, "additional disk")
+
+
+def cp_additional_disk_bandwidth(ctx: StepContext) -> StepResult:
+    extra = _additional_disk(_config(ctx))
+    if not extra:
+        return Done("skip - no change")
+    return _set_throttles(ctx, extra, "additional_disk", clear=True)
+
+
+def cp_start(ctx: StepContext) -> StepResult:
+    """Start once at the end, polled for up to a minute in this pass; a failure waits at cp_firewall."""
+    if ctx.service.status == "Suspended":
+        return Done("skip - service suspended")
+    outcome = start_vm(ctx, natural_wait=CP_START_WAIT)
+    if isinstance(outcome, Wait):
+        ctx.forget_task()
+        raise StepFailed("VM did not start within 60 seconds")
+    status = _status(ctx).get("status")
+    if status != "running":
+        raise StepFailed(f"VM failed to start (status: {status})")
+    return outcome
+
+
+def cp_verify(ctx: StepContext) -> StepResult:
+    if ctx.service.status != "Suspended" and _status(ctx).get("status") != "running":
+        raise StepFailed("VM is not running")
+    return send_mail(ctx, ctx.package.email_upgrade, {"vm_name": ctx.vm.name}, "upgrade")
+
+
+CHANGE_PACKAGE = register(Pipeline("ChangePackage", "change_package", (
+    Step("Update IP + DNS + Firewall", "change_package", "cp_update_ip", cp_update_ip),
+    Step("Stop VM", "cp_update_ip", "cp_stop", cp_stop),
+    # Where a change-package step does what its deploy step does, the table names the deploy step.
+    Step("Set CPU & RAM", "cp_stop", "cp_cpu_ram", set_cpu_ram),
+    Step("Resize system disk", "cp_cpu_ram", "cp_system_disk_size", resize_system_disk),
+    Step("Set system disk I/O", "cp_system_disk_size", "cp_system_disk_bandwidth", cp_system_disk_bandwidth),
+    Step("Create additional disk", "cp_system_disk_bandwidth", "cp_additional_disk", cp_additional_disk),
+    Step("Resize additional disk", "cp_additional_disk", "cp_additional_disk_size", cp_additional_disk_size),
+    Step("Set additional disk I/O", "cp_additional_disk_size", "cp_additional_disk_bandwidth",
+         cp_additional_disk_bandwidth),
+    Step("Configure network", "cp_additional_disk_bandwidth", "cp_network", configure_network),
+    Step("Configure firewall", "cp_network", "cp_firewall", configure_firewall),
+    Step("Start VM", "cp_firewall", "cp_start", cp_start),
+    Step("Verify running", "cp_start", "ready", cp_verify),
+)))
+
+
+# --------------------------------------------------------------------------- terminate
+
+GRACEFUL_STOP = 120  # seconds a shutdown is polled, every 5 s, before the force-stop window
+FORCE_STOP = 60
+POLL = 5
+PROGRESS_EVERY = 15
+
+
+def _stop_for_terminate(ctx: StepContext, node: str) -> None:
+    """A graceful stop polled every 5 s for up to 120 s, then a 60 s force-stop window; progress every 15 s."""
+    vm, pve, clock, out = ctx.vm, ctx.pve(), ctx.clock, ctx.out
+    path = ("nodes", node, "qemu", vm.vmid, "status")
+
+    def running() -> bool:
+        return (pve.get(*path, "current") or {}).get("status") == "running"
+
+    if not running():
+        out.line("    VM is stopped")
+        return
+    pve.post(*path, "shutdown", timeout=GRACEFUL_STOP)
+    out.line("    stop request sent")
+    for window, limit in (("graceful", GRACEFUL_STOP), ("force", FORCE_STOP)):
+        waited, next_note = 0, PROGRESS_EVERY
+        while waited < limit:
+            clock.sleep(POLL)
+            waited += POLL
+            if not running():
+                out.line(f"    VM stopped after {waited}s ({window})")
+                return
+            if waited >= next_note:
+                out.line(f"    still running, waited {waited}s / {limit}s")
+                next_note += PROGRESS_EVERY
+        if window == "graceful":
+            pve.post(*path, "stop", skiplock=1)
+            out.line("    graceful stop timed out: force stop sent")
+    raise StepFailed(f"VM {vm.vmid} is still running after {GRACEFUL_STOP + FORCE_STOP}s")
+
+
+def _backups_of(ctx: StepContext) -> list[tuple[str, str]]:
+    """(node, volid) of every backup of the VM on the storages that hold backups."""
+    pve, vmid = ctx.pve(), ctx.vm.vmid
+    found = []
+    for item in pve.get("cluster", "resources", type="storage") or []:
+        if "backup" not in str(item.get("content", "")) or item.get("status") != "available":
+            continue
+        for volume in pve.get("nodes", item["node"], "storage", item["storage"], "content", content="backup",
+                              vmid=vmid) or []:
+            if int(volume.get("vmid") or -1) == vmid and (item["node"], volume["volid"]) not in found:
+                found.append((item["node"], volume["volid"]))
+    return found
+
+
+def terminate(ctx: StepContext) -> StepResult:
+    """Stop, remove backups, delete DNS records, delete the VM with purge, hand the addresses back."""
+    vm, pve, out = ctx.vm, ctx.pve(), ctx.out
+    try:
+        found = vm_location(pve, vm.vmid) if vm.vmid else None
+        if found is not None and found.get("name") == vm.name:
+            node = found["node"]
+            _stop_for_terminate(ctx, node)
+            for backup_node, volid in _backups_of(ctx):
+                storage = volid.split(":")[0]
+                pve.delete("nodes", backup_node, "storage", storage, "content", volid)
+                out.line(f"    backup removed: {volid}")
+            summary = dns.delete_records(dns_target(ctx), out.line)
+            out.line(f"    DNS: {summary.note}")
+            outcome = ctx.await_task(lambda: pve.delete("nodes", node, "qemu", vm.vmid, purge=1,
+                                                        **{"destroy-unreferenced-disks": 1}),
+                                     settings.get("api_heavy_timeout"), "delete")
+            if isinstance(outcome, Wait):
+                raise StepFailed("the VM delete did not finish in time")
+            out.line("    VM deleted")
+        else:
+            summary = dns.delete_records(dns_target(ctx), out.line)
+            out.line(f"    VM {vm.vmid or '-'} is not on the cluster; DNS: {summary.note}")
+    except (StepFailed, ProxmoxError) as exc:
+        _activity(ctx, f"Service ID: {ctx.service.id} termination FAILED - admin attention required: {exc}")
+        raise StepFailed(str(exc)) from None
+    ipam.release(ctx.service.id)
+    _activity(ctx, f"Service ID: {ctx.service.id} VM {vm.vmid} terminated successfully")
+    return Done()
+
+
+def _activity(ctx: StepContext, text: str) -> None:
+    """One entry in the client's activity log per terminate attempt (WHMCS LogActivity)."""
+    try:
+        whmcs.call("LogActivity", clientid=ctx.service.client_id, description=text)
+    except whmcs.WhmcsError as exc:
+        ctx.out.line(f"    activity log not written: {exc}")
+
+
+TERMINATE = register(Pipeline("Terminate", "terminate", (
+    Step("Terminate", "terminate", "remove", terminate, failure_status="error_terminate"),
+), final="remove"))
+
+
+# --------------------------------------------------------------------------- reset password
+
+def reset_password(ctx: StepContext) -> StepResult:
+    """VM off, cloud-init rewritten with the service's password, VM started (the password was generated
+    and saved to WHMCS when the reset was asked for, or given by WHMCS's ChangePassword)."""
+    outcome = _stop(ctx, settings.get("api_heavy_timeout"))
+    if isinstance(outcome, Wait):
+        return outcome
+    values = cloudinit_values(ctx)
+    _put_config(ctx, ciuser=values["ciuser"], cipassword=values.get("cipassword", ""))
+    started = start_vm(ctx)
+    if isinstance(started, Wait):
+        return started
+    if ctx.vm.status != "reset_password":  # WHMCS's own ChangePassword: WHMCS tells the client itself
+        return Done()
+    return send_mail(ctx, ctx.package.email_reset_password, {"password": unseal(ctx.service.password)},
+                     "reset password")
+
+
+RESET_PASSWORD = register(Pipeline("ResetPassword", "reset_password", (
+    Step("Reset password", "reset_password", "ready", reset_password),
+)))
+CHANGE_PASSWORD = register(Pipeline("ChangePassword", "change_password", (
+    Step("Change password", "change_password", "ready", reset_password),
+)))

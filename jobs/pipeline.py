@@ -1,0 +1,381 @@
+"""The pipeline engine: explicit, persisted step tables and the runner that walks a VM through them.
+
+A pipeline is an ordered table of steps; each step moves the VM from one stored status to the next. The
+runner takes the VM's lease, runs the step that starts at the stored status, commits the new status and
+a log line, and goes on until the pipeline's final status, a step that must wait for Proxmox, or a step
+that fails. A failure leaves the VM at its last good status; the next tick resumes there. Steps look at
+the real state before they act, so running one twice does no harm.
+
+The live output is the original module's format, line for line::
+
+    --- Deploy: service=5546 vm=2002 status=clone ---
+    [+] 1. Migrate to target node          success (clone -> migrated) [30.23s]
+    ...
+    --- Deploy complete: service=5546 status=ready ---
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Protocol
+
+from flask import current_app
+from sqlalchemy import delete, or_, select, update
+
+from core import ipam, settings
+from core.extensions import db
+from core.models import VM, IPPool, Server, Service, VMRun, utcnow
+from core.products import Package, PackageError, resolve_package
+from core.proxmox.client import ProxmoxError, Pve, endpoint_for, task_outcome
+from core.vault import unseal
+
+log = logging.getLogger(__name__)
+RUNS_KEPT = 50
+LABEL_WIDTH = 35
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+    def monotonic(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return utcnow()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class Output:
+    """Where the live lines go: a stream (the cron CLI), a logger (workers), or nowhere; every line is also
+    kept for the VM log."""
+
+    def __init__(self, write: Callable[[str], None] | None = None, clock: Clock | None = None):
+        self._write = write
+        self.clock = clock or SystemClock()
+
+    def line(self, text: str) -> None:
+        if self._write is not None:
+            self._write(text)
+
+    def stamped(self, text: str) -> None:
+        self.line(f"{self.clock.now():%Y-%m-%d %H:%M:%S} {text}")
+
+
+class StepFailed(Exception):
+    """A step could not do its work this time; the message is what the admin reads."""
+
+
+@dataclass
+class Done:
+    note: str = ""  # shown after the label: "skip - no change"
+
+
+@dataclass
+class Wait:
+    reason: str  # a Proxmox task still runs; the status stays and a later pass polls it
+
+
+StepResult = Done | Wait
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    source: str
+    target: str
+    run: Callable[["StepContext"], StepResult]
+    # Where a failure leaves the VM: its status (retried next tick), or a terminal status (never retried).
+    failure_status: str | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str  # "Deploy": shown in the output
+    action: str  # "deploy": the sid line and the run log
+    steps: tuple[Step, ...]
+    final: str = "ready"
+
+    def step_from(self, status: str) -> Step | None:
+        for step in self.steps:
+            if step.source == status:
+                return step
+        return None
+
+    @property
+    def statuses(self) -> set[str]:
+        return {step.source for step in self.steps}
+
+
+PIPELINES: list[Pipeline] = []
+
+
+def register(pipeline: Pipeline) -> Pipeline:
+    PIPELINES.append(pipeline)
+    return pipeline
+
+
+def pipeline_for(status: str) -> Pipeline | None:
+    for pipeline in PIPELINES:
+        if status in pipeline.statuses:
+            return pipeline
+    return None
+
+
+def active_statuses() -> set[str]:
+    out: set[str] = set()
+    for pipeline in PIPELINES:
+        out |= pipeline.statuses
+    return out
+
+
+class StepContext:
+    """What a step works with: the VM row and its service, the package, Proxmox, the clock, the output."""
+
+    def __init__(self, vm: VM, out: Output, clock: Clock, max_wait: float | None):
+        self.vm = vm
+        self.service: Service = vm.service
+        self.server: Server = vm.server
+        self.out = out
+        self.clock = clock
+        self.max_wait = max_wait
+        self._pve: dict[bool, Pve] = {}
+        self._package: Package | None = None
+        self.poll_seconds = float(current_app.config["TASK_POLL_SECONDS"])
+
+    @property
+    def package(self) -> Package:
+        """The service's package; an unreadable configurable option fails the step that needs it."""
+        if self._package is None:
+            try:
+                self._package = resolve_package(self.service.product.settings, self.service.configoptions)
+            except PackageError as exc:
+                raise StepFailed(str(exc)) from None
+        return self._package
+
+    def pve(self, heavy: bool = True) -> Pve:
+        """The cluster's API (heavy: the cron operations timeout, else the default one)."""
+        if heavy not in self._pve:
+            timeout = settings.get("api_heavy_timeout" if heavy else "api_timeout")
+            endpoint = endpoint_for(self.server, unseal(self.server.token_secret), current_app.instance_path)
+            self._pve[heavy] = Pve(endpoint, timeout=timeout)
+        return self._pve[heavy]
+
+    @property
+    def api_calls(self) -> int:
+        return sum(p.calls for p in self._pve.values())
+
+    def commit(self) -> None:
+        db.session.commit()
+
+    def budget(self, natural: float) -> float:
+        """How long this pass may wait for a task: the step's own limit, capped by the runner's."""
+        return natural if self.max_wait is None else min(natural, self.max_wait)
+
+    def await_task(self, start: Callable[[], str], natural_wait: float, what: str) -> StepResult:
+        """Start a Proxmox task once (its UPID is stored on the VM) and poll it up to the wait budget.
+
+        Returns Done when it ended OK, Wait while it runs; raises StepFailed when it ended in error, after
+        forgetting the UPID so the next attempt starts afresh."""
+        vm = self.vm
+        if not (vm.task_upid and vm.task_status == vm.status):
+            upid = start()
+            if not isinstance(upid, str) or not upid.startswith("UPID:"):
+                return Done()  # the call finished synchronously
+            vm.task_upid, vm.task_status, vm.task_started_at = upid, vm.status, self.clock.now()
+            self.commit()
+        deadline = self.clock.monotonic() + self.budget(natural_wait)
+        while True:
+            finished, error = task_outcome(self.pve().task_status(vm.task_upid))
+            if finished:
+                self.forget_task()
+                if error:
+                    raise StepFailed(error if error.lower().startswith(what) else f"{what} failed: {error}")
+                return Done()
+            if self.clock.monotonic() >= deadline:
+                return Wait(f"{what} still running")
+            self.clock.sleep(self.poll_seconds)
+
+    def forget_task(self) -> None:
+        vm = self.vm
+        vm.task_upid = vm.task_status = vm.task_started_at = None
+        self.commit()
+
+    def pool_of_main_address(self, family: int) -> IPPool | None:
+        for address in ipam.assigned(self.service.id):
+            if address.family == family:
+                return address.pool
+        return None
+
+
+@dataclass
+class RunResult:
+    service_id: int
+    action: str = ""
+    result: str = "idle"  # idle / busy / success / waiting / error
+    message: str = ""
+    steps: int = 0
+    api_calls: int = 0
+    step_cpu: list[float] = field(default_factory=list)
+
+
+def _fmt_step(mark: str, number: int, label: str, body: str, source: str, target: str, seconds: float) -> str:
+    return f"[{mark}] {f'{number}. {label}'.ljust(LABEL_WIDTH)} {body} ({source} -> {target}) [{seconds:.2f}s]"
+
+
+def claim(service_id: int, owner: str, lease_seconds: float, clock: Clock) -> bool:
+    """Take the VM's lease if nobody holds a live one (a conditional UPDATE: safe across workers)."""
+    now = clock.now()
+    taken = db.session.execute(
+        update(VM).where(VM.service_id == service_id,
+                         or_(VM.lease_until.is_(None), VM.lease_until < now, VM.lease_owner == owner))
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds)))
+    db.session.commit()
+    return taken.rowcount == 1
+
+
+def release(service_id: int, owner: str) -> None:
+    db.session.rollback()
+    db.session.execute(update(VM).where(VM.service_id == service_id, VM.lease_owner == owner)
+                       .values(lease_owner=None, lease_until=None))
+    db.session.commit()
+
+
+def retry_delay() -> float:
+    """Seconds before a failed step is tried again: the next processVirtualMachines tick."""
+    return max(settings.get("interval_processVirtualMachines") * 60 - 10, 5)
+
+
+def lease_seconds(max_wait: float | None) -> float:
+    heavy = settings.get("api_heavy_timeout")
+    longest = max_wait if max_wait is not None else max(settings.get("migration_timeout"), heavy)
+    return longest + 2 * heavy + 60
+
+
+def _save_run(vm: VM, pipeline: Pipeline, source: str, result: str, error: str | None, steps: list[dict],
+              started: datetime, clock: Clock) -> None:
+    db.session.add(VMRun(service_id=vm.service_id, action=pipeline.action, from_status=source,
+                         to_status=vm.status, result=result, error=error, steps=steps, started_at=started,
+                         finished_at=clock.now()))
+    db.session.flush()
+    stale = list(db.session.scalars(select(VMRun.id).where(VMRun.service_id == vm.service_id)
+                                    .order_by(VMRun.id.desc()).offset(RUNS_KEPT)))
+    if stale:
+        db.session.execute(delete(VMRun).where(VMRun.id.in_(stale)))
+
+
+def run_vm(service_id: int, out: Output, clock: Clock | None = None, max_wait: float | None = None,
+           owner: str | None = None) -> RunResult:
+    """Advance one VM through its pipeline as far as it can go in this pass."""
+    clock = clock or out.clock
+    owner = owner or f"run-{secrets.token_hex(6)}"
+    result = RunResult(service_id)
+    if not claim(service_id, owner, lease_seconds(max_wait), clock):
+        result.result = "busy"
+        return result
+    # While a VM holds our lease nobody else writes its rows, so what this pass committed stays what it
+    # read: no reloading the VM, service, product and server after every commit of every step.
+    session = db.session()
+    expiring, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        vm = db.session.get(VM, service_id)
+        pipeline = pipeline_for(vm.status) if vm else None
+        # One pipeline may hand over to another (a redeploy ends at ``creation``, where the deploy starts).
+        for _ in range(len(PIPELINES)):
+            if pipeline is None:
+                break
+            result.action = pipeline.action
+            _run_pipeline(vm, pipeline, out, clock, max_wait, result,
+                          renew=lambda: claim(service_id, owner, lease_seconds(max_wait), clock))
+            if result.result != "success":
+                break
+            following = pipeline_for(vm.status)
+            if following is None or following is pipeline:
+                break
+            pipeline = following
+            out.line("")
+        return result
+    finally:
+        session.expire_on_commit = expiring
+        release(service_id, owner)
+
+
+def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wait: float | None,
+                  result: RunResult, renew: Callable[[], bool] = lambda: True) -> None:
+    ctx = StepContext(vm, out, clock, max_wait)
+    source, started, steps = vm.status, clock.now(), []
+    out.line(f"--- {pipeline.name}: service={vm.service_id} vm={vm.vmid or '-'} status={vm.status} ---")
+    number, error = 0, None
+    outcome = "success"
+    while vm.status != pipeline.final:
+        step = pipeline.step_from(vm.status)
+        if step is None:
+            break
+        number += 1
+        began, cpu_began = clock.monotonic(), time.process_time()
+        try:
+            done = step.run(ctx)
+        except (StepFailed, ProxmoxError) as exc:
+            done, error = None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one VM's bug must not stop the tick
+            db.session.rollback()
+            log.error("step %s of service %s crashed:\n%s", step.label, vm.service_id, traceback.format_exc())
+            done, error = None, f"internal error in step: {type(exc).__name__}: {exc}"
+        seconds = clock.monotonic() - began
+        result.step_cpu.append(time.process_time() - cpu_began)
+        entry = {"label": step.label, "from": step.source, "at": clock.now().isoformat(timespec="seconds"),
+                 "seconds": round(seconds, 2)}
+        if done is None:
+            db.session.rollback()
+            stays = step.failure_status or step.source
+            if step.failure_status:
+                message = f"{error.rstrip('.')}. Admin action required."
+            else:
+                message = error if error.endswith("Will retry.") else f"{error.rstrip('.')}. Will retry."
+            out.line(_fmt_step("!", number, step.label, message, step.source, stays, seconds))
+            entry.update(to=stays, result="error: " + error)
+            steps.append(entry)
+            vm.status = stays
+            vm.last_error_action, vm.last_error_message, vm.last_error_at = pipeline.action, error, clock.now()
+            vm.next_run_at = clock.now() + timedelta(seconds=retry_delay())
+            if step.failure_status:  # a terminal status: no task of this pipeline is polled any more
+                vm.task_upid = vm.task_status = vm.task_started_at = None
+            outcome, result.message = "error", message
+            break
+        if isinstance(done, Wait):
+            out.line(_fmt_step("~", number, step.label, f"waiting - {done.reason}", step.source, step.source,
+                               seconds))
+            entry.update(to=step.source, result="waiting")
+            steps.append(entry)
+            vm.next_run_at = clock.now() + timedelta(seconds=max(ctx.poll_seconds, 1.0))
+            outcome, result.message = "waiting", done.reason
+            break
+        label = f"{step.label} ({done.note})" if done.note else step.label
+        vm.status = step.target
+        ctx.commit()
+        renew()  # a long pass keeps its lease: the next step may wait on Proxmox again
+        out.line(_fmt_step("+", number, label, "success", step.source, step.target, seconds))
+        entry.update(to=step.target, result=f"skip ({done.note})" if done.note.startswith("skip") else "success",
+                     note=done.note)
+        steps.append(entry)
+        result.steps += 1
+    if outcome == "success":
+        vm.next_run_at = None
+    if outcome == "success" and vm.status == pipeline.final:
+        vm.last_error_action = vm.last_error_message = vm.last_error_at = None
+        out.line(f"--- {pipeline.name} complete: service={vm.service_id} status={vm.status} ---")
+    else:
+        out.line(f"--- {pipeline.name} paused: waiting at [{vm.status}] ---")
+    result.result = outcome if outcome != "success" or vm.status == pipeline.final else "waiting"
+    result.api_calls = ctx.api_calls
+    _save_run(vm, pipeline, source, result.result, error, steps, started, clock)
+    db.session.commit()

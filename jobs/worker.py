@@ -1,0 +1,100 @@
+"""RQ job entry points, enqueued by dotted name: ``jobs.worker.process_vm_job`` and ``jobs.worker.tick_job``.
+
+A worker process builds the app once and runs every job inside an app context. A VM job advances the VM
+as far as it can without holding the worker while Proxmox works: when a task still runs it re-queues
+itself a few seconds later (``rq worker --with-scheduler``), and the next tick picks it up otherwise.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from rq.worker import Worker
+
+log = logging.getLogger("pkvm.worker")
+_app: Flask | None = None
+
+
+def _get_app() -> Flask:
+    global _app
+    if _app is None:
+        from app import create_app
+        _app = create_app()
+    return _app
+
+
+class PreloadedWorker(Worker):
+    """``rq worker -w jobs.worker.PreloadedWorker``: the app is built once, before the worker forks, so a
+    job's work horse starts with it ready (the plain worker would build it again in every horse, about a
+    second of CPU per job). Each horse drops the database connections it inherited."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _get_app()
+
+    def main_work_horse(self, *args, **kwargs):
+        from core.extensions import db
+        with _get_app().app_context():
+            db.engine.dispose(close=False)  # the parent's pooled connections are not this process's
+        return super().main_work_horse(*args, **kwargs)
+
+
+def process_vm_job(service_id: int) -> dict:
+    from core import queue as work_queue
+
+    from .pipeline import Output, run_vm
+
+    app = _get_app()
+    with app.app_context():
+        out = Output(log.info)
+        result = run_vm(service_id, out, max_wait=app.config["JOB_MAX_WAIT"])
+        if result.result == "waiting":
+            work_queue.enqueue_vm(service_id, delay=app.config["JOB_REQUEUE_SECONDS"])
+        return {"service_id": service_id, "action": result.action, "result": result.result,
+                "message": result.message, "steps": result.steps, "api_calls": result.api_calls}
+
+
+def tick_job() -> None:
+    from .cron import run_tick
+    from .pipeline import Output
+
+    app = _get_app()
+    with app.app_context():
+        run_tick(Output(log.info))
+
+
+def run_step_job(service_id: int, source: str) -> dict:
+    """One deploy step on its own (the original's admin commands such as VMSetCpuRam), under the VM's
+    lease; the VM's status is left as it is."""
+    from flask import has_app_context
+
+    from .deploy import DEPLOY
+    from .pipeline import Done, Output, StepContext, StepFailed, claim, lease_seconds, release
+    from core.extensions import db
+    from core.models import VM
+    from core.proxmox.client import ProxmoxError
+
+    def run() -> dict:
+        step = DEPLOY.step_from(source)
+        out = Output(log.info)
+        owner = f"step-{service_id}-{source}"
+        if step is None:
+            return {"result": "error", "message": f"no deploy step starts at {source}"}
+        if not claim(service_id, owner, lease_seconds(None), out.clock):
+            return {"result": "error", "message": "the VM is being worked on right now; try again shortly"}
+        try:
+            vm = db.session.get(VM, service_id)
+            try:
+                done = step.run(StepContext(vm, out, out.clock, None))
+            except (StepFailed, ProxmoxError) as exc:
+                return {"result": "error", "message": f"{step.label}: {exc}"}
+            if not isinstance(done, Done):
+                return {"result": "error", "message": f"{step.label}: {done.reason}; it is polled again later"}
+            return {"result": "success", "message": f"{step.label}: {done.note or 'done'}"}
+        finally:
+            release(service_id, owner)
+
+    if has_app_context():
+        return run()
+    with _get_app().app_context():
+        return run()

@@ -1,0 +1,72 @@
+"""Log in, log out, and the language picker."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import current_user, login_user, logout_user
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired, Length
+
+from core import admins
+from core.extensions import db
+from core.i18n import LANGUAGES
+
+from . import bp
+
+
+class LoginForm(FlaskForm):
+    username = StringField(_l("User name"), validators=[DataRequired(), Length(max=64)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=1024)])
+
+
+def _safe_next(target: str | None) -> str:
+    if target and not urlsplit(target).netloc and target.startswith("/") and not target.startswith("//"):
+        return target
+    return url_for("panel.dashboard")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("panel.dashboard"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        try:
+            admin = admins.authenticate(form.username.data, form.password.data, request.remote_addr or "")
+        except admins.AdminError:
+            flash(_("Too many failed logins. Wait a few minutes and try again."), "error")
+            return render_template("login.html", form=form), 429
+        if admin is None:
+            flash(_("Wrong user name or password."), "error")
+            return render_template("login.html", form=form), 401
+        session.permanent = True
+        login_user(admin)
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("login.html", form=form)
+
+
+@bp.post("/logout")
+def logout():
+    logout_user()
+    session.clear()
+    return redirect(url_for("panel.login"))
+
+
+class LanguageForm(FlaskForm):
+    pass
+
+
+@bp.post("/language")
+def language():
+    form = LanguageForm()
+    code = request.form.get("locale", "")
+    if form.validate_on_submit() and code in LANGUAGES:
+        session["locale"] = code
+        if current_user.is_authenticated:
+            current_user.locale = code
+            db.session.commit()
+    return redirect(_safe_next(request.form.get("next")))

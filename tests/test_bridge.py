@@ -1,0 +1,189 @@
+"""The signed bridge: authentication, payload validation, CreateAccount's bookkeeping."""
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import func, select
+
+from bridge.signing import signed_headers
+from core.extensions import db
+from core.models import VM, BridgeNonce, Client, ModuleLog, Product, Server, Service
+from core.vault import unseal
+
+
+def params(service_id=5546, **extra):
+    base = {"serviceid": service_id, "userid": 7, "pid": 3, "serverid": 2, "productname": "VPS Start",
+            "domain": "vps.example.com", "username": "root", "password": "S3cret-pass", "status": "Active",
+            "serverhostname": "127.0.0.1", "serverport": 8006, "serverusername": "root@pam!whmcs",
+            "serverpassword": "token-secret-value",
+            "clientsdetails": {"firstname": "Ruslan", "lastname": "Client", "email": "c@example.com"}}
+    base.update(extra)
+    return base
+
+
+def configure_product(pid=3, **values):
+    product = db.session.get(Product, pid) or Product(id=pid, name="VPS Start")
+    product.settings = {"template_vmid": 9000, "template_node": "pve1", **values}
+    db.session.add(product)
+    db.session.commit()
+
+
+def counts():
+    return {m.__name__: db.session.scalar(select(func.count()).select_from(m))
+            for m in (VM, Service, Server, Client, Product, ModuleLog)}
+
+
+def test_create_account_records_vm_and_returns_success(bridge):
+    configure_product()
+    answer = bridge.call("CreateAccount", params())
+    assert answer.status_code == 200
+    assert answer.get_json()["result"] == "success"
+    vm = db.session.get(VM, 5546)
+    assert vm.status == "creation" and vm.vmid is None
+    assert vm.name == "vps-7-5546"
+    service = db.session.get(Service, 5546)
+    assert service.password != "S3cret-pass" and unseal(service.password) == "S3cret-pass"
+    server = db.session.get(Server, 2)
+    assert server.token_id == "root@pam!whmcs"
+    assert server.token_secret.startswith("enc:v1:") and unseal(server.token_secret) == "token-secret-value"
+    assert server.verify_tls is True
+    log = db.session.scalars(select(ModuleLog)).one()
+    assert "token-secret-value" not in log.request and "S3cret-pass" not in log.request
+
+
+def test_create_account_twice_does_not_start_a_second_vm(bridge):
+    configure_product()
+    assert bridge.call("CreateAccount", params()).get_json()["queued"] is True
+    vm = db.session.get(VM, 5546)
+    vm.status = "clone"
+    db.session.commit()
+    again = bridge.call("CreateAccount", params()).get_json()
+    assert again == {"result": "success", "status": "clone", "queued": False}
+    assert counts()["VM"] == 1
+
+
+def test_create_account_without_template_is_an_error_for_the_admin(bridge):
+    answer = bridge.call("CreateAccount", params())
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body["result"] == "error" and "template" in body["message"]
+    assert db.session.get(VM, 5546) is None
+
+
+def test_malformed_params_are_400_field_by_field_and_write_nothing(bridge):
+    before = counts()
+    bad = params(serviceid="abc", pid=None, serverusername="root", configoptions=[1, 2])
+    bad.pop("serverpassword")
+    answer = bridge.call("CreateAccount", bad)
+    assert answer.status_code == 400
+    errors = answer.get_json()["errors"]
+    assert set(errors) >= {"serviceid", "pid", "serverusername", "serverpassword", "configoptions"}
+    assert "user@realm!tokenid" in errors["serverusername"]
+    assert counts() == before
+
+
+def test_non_object_body_is_400(bridge):
+    answer = bridge.call("CreateAccount", None, raw=b"[1,2,3]")
+    assert answer.status_code == 400
+    assert answer.get_json()["errors"] == {"body": "must be a JSON object with the WHMCS module parameters"}
+
+
+def test_unknown_function_is_404(bridge):
+    answer = bridge.call("NoSuchThing", params())
+    assert answer.status_code == 404
+    assert "CreateAccount" in answer.get_json()["functions"]
+
+
+def _assert_refused(answer, before, fragment):
+    assert answer.status_code == 401
+    body = answer.get_json()
+    assert body["result"] == "error" and fragment in body["message"]
+    assert counts() == before
+
+
+def test_unsigned_call_is_refused(bridge, client):
+    configure_product()
+    before = counts()
+    answer = client.post("/bridge/v1/module/CreateAccount", json=params())
+    _assert_refused(answer, before, "missing signature")
+
+
+def test_forged_signature_is_refused(bridge):
+    configure_product()
+    before = counts()
+    _assert_refused(bridge.call("CreateAccount", params(), secret="not-the-secret"), before, "bad signature")
+
+
+def test_tampered_body_is_refused(bridge, app):
+    configure_product()
+    before = counts()
+    body = b'{"serviceid": 1}'
+    headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+    answer = bridge.call("CreateAccount", None, raw=b'{"serviceid": 2}', headers=headers)
+    _assert_refused(answer, before, "bad signature")
+
+
+def test_signature_binds_the_path(bridge, app):
+    configure_product()
+    before = counts()
+    body = b"{}"
+    headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/TestConnection", body)
+    _assert_refused(bridge.call("CreateAccount", None, raw=body, headers=headers), before, "bad signature")
+
+
+def test_stale_and_future_calls_are_refused(bridge):
+    configure_product()
+    before = counts()
+    _assert_refused(bridge.call("CreateAccount", params(), now=time.time() - 301), before, "stale")
+    _assert_refused(bridge.call("CreateAccount", params(), now=time.time() + 301), before, "stale")
+
+
+def test_replayed_call_is_refused(bridge, app, client):
+    configure_product()
+    body = json.dumps(params()).encode()
+    headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+    first = client.post("/bridge/v1/module/CreateAccount", data=body, headers=headers)
+    assert first.status_code == 200
+    db.session.delete(db.session.get(VM, 5546))
+    db.session.commit()
+    before = counts()
+    second = client.post("/bridge/v1/module/CreateAccount", data=body, headers=headers)
+    _assert_refused(second, before, "replayed")
+    assert db.session.scalar(select(func.count()).select_from(BridgeNonce)) == 1
+
+
+def test_short_nonce_is_refused(bridge, app):
+    configure_product()
+    before = counts()
+    body = b"{}"
+    headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+    headers["X-Bridge-Nonce"] = "abc"
+    _assert_refused(bridge.call("CreateAccount", None, raw=body, headers=headers), before, "16 to 128 hex")
+
+
+def test_ca_and_verify_flag_from_access_hash(bridge):
+    configure_product()
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    bridge.call("CreateAccount", params(serveraccesshash="verify_tls=1\n" + pem))
+    server = db.session.get(Server, 2)
+    assert server.ca_pem.strip() == pem and server.verify_tls is True
+    bridge.call("CreateAccount", params(serviceid=5547, serveraccesshash="verify_tls=0"))
+    server = db.session.get(Server, 2)
+    db.session.refresh(server)
+    assert server.verify_tls is False
+
+
+def test_bridge_secret_cli_prints_the_instance_secret(app, runner):
+    result = runner.invoke(args=["bridge", "secret"])
+    assert result.exit_code == 0
+    assert result.output.strip() == app.config["BRIDGE_SECRET"] and len(result.output.strip()) == 64
+
+
+def test_old_nonces_are_purged(bridge, app):
+    from bridge.signing import purge_nonces
+    db.session.add_all([BridgeNonce(nonce="a" * 32, seen_at=int(time.time()) - 700),
+                        BridgeNonce(nonce="b" * 32, seen_at=int(time.time()))])
+    db.session.commit()
+    purge_nonces(int(time.time()) - 600)
+    assert db.session.scalars(select(BridgeNonce.nonce)).all() == ["b" * 32]

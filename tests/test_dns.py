@@ -1,0 +1,222 @@
+"""DNS end to end: a deploy publishes A, AAAA and PTR records that the real PowerDNS serves; the same on the
+Cloudflare and HestiaCP fakes; Set DNS records resyncs; a broken provider never holds a VM back."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from core import dns, settings
+from core.dns.names import reverse_name
+from core.extensions import db
+from core.models import VM, DnsZone, ModuleLog
+from jobs.cron import run_tick
+from jobs.pipeline import Output
+from tests.conftest import account_params, register_cluster
+from tests.dnspeers import CLOUDFLARE_ZONES, cloudflare, hestia, powerdns  # noqa: F401 - fixtures
+
+PRODUCT = dict(main_domain="example.com", ipv4_count=2, ipv6_count=1, system_disk_gb=2)
+V4_ZONE, V6_ZONE = "2.0.192.in-addr.arpa", "8.b.d.0.1.0.0.2.ip6.arpa"
+
+
+def tick(clock, lines=None, **kw):
+    return run_tick(Output((lines if lines is not None else []).append, clock), **kw)
+
+
+def deploy(bridge, cluster, clock, service_id=5546):
+    bridge.call("CreateAccount", account_params(cluster, service_id))
+    lines: list[str] = []
+    tick(clock, lines)
+    vm = db.session.get(VM, service_id)
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    return vm, lines
+
+
+def powerdns_zones(server):
+    for name in ("example.com", V4_ZONE, V6_ZONE):
+        server.create_zone(name)
+        dns.create_zone({"name": name + ".", "provider": "powerdns", "server_url": server.url,
+                         "api_key": server.api_key})
+
+
+def test_deploy_publishes_records_that_powerdns_serves(app, bridge, cluster, clock, powerdns):
+    powerdns_zones(powerdns)
+    register_cluster(cluster, **PRODUCT)
+    vm, lines = deploy(bridge, cluster, clock)
+    fqdn = f"{vm.name}.example.com"
+    assert sorted(powerdns.dig(fqdn, "A")) == ["192.0.2.10", "192.0.2.11"]
+    assert powerdns.dig(fqdn, "AAAA") == ["2001:db8::10"]
+    assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == [fqdn + "."]
+    assert powerdns.records(V6_ZONE, reverse_name("2001:db8::10"), "PTR") == [fqdn + "."]
+    step = next(line for line in lines if "Set DNS records" in line)
+    assert "(fwd ok/err 2/0, rev ok/err 3/0)" in step
+    assert any(line.startswith("    fwd ok  set example.com (PowerDNS)") for line in lines)
+    # one PATCH per zone, not one per record: three zones, three writes for five record sets
+    again = dns.set_records(dns.Target(5546, fqdn, ["192.0.2.10", "192.0.2.11", "2001:db8::10"], {}))
+    assert (again.zones, again.calls, again.errors) == (3, 3, 0)
+
+
+def test_set_dns_records_button_resyncs_with_admin_rdns(app, bridge, cluster, clock, powerdns):
+    powerdns_zones(powerdns)
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    vm.rev_dns = {**vm.rev_dns, "192.0.2.11": "mail.example.org"}
+    db.session.commit()
+    answer = bridge.call("SetDNSRecords", {"serviceid": 5546}).get_json()
+    assert answer == {"result": "success"} and db.session.get(VM, 5546).status == "set_dns_records"
+    again = bridge.call("SetDNSRecords", {"serviceid": 5546}).get_json()
+    assert again == {"result": "success"}
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == ["mail.example.org."]
+    assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == [f"{vm.name}.example.com."]
+    assert any(line.startswith("    rev ok  set 2.0.192.in-addr.arpa (PowerDNS): 11.2.0.192") for line in lines)
+    assert "(fwd ok/err 2/0, rev ok/err 3/0)" in next(line for line in lines if "Delete + set DNS records" in line)
+    assert "--- SetDNSRecords complete: service=5546 status=ready ---" in lines
+
+
+def test_set_dns_records_refused_while_the_vm_is_busy(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    answer = bridge.call("SetDNSRecords", {"serviceid": 5546}).get_json()
+    assert answer["result"] == "error" and "busy (creation)" in answer["message"]
+    assert bridge.call("SetDNSRecords", {"serviceid": 1}).get_json()["message"] == "this service has no VM yet"
+
+
+def test_delete_records_removes_forward_and_every_ptr(app, bridge, cluster, clock, powerdns):
+    powerdns_zones(powerdns)
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    from jobs.deploy import StepContext, dns_target
+    ctx = StepContext(vm, Output(None, clock), clock, None)
+    summary = dns.delete_records(dns_target(ctx))
+    assert (summary.forward_err, summary.reverse_err) == (0, 0)
+    fqdn = f"{vm.name}.example.com"
+    assert powerdns.dig(fqdn, "A") == [] and powerdns.dig(reverse_name("192.0.2.10"), "PTR") == []
+    assert powerdns.records(V6_ZONE, reverse_name("2001:db8::10"), "PTR") is None
+
+
+def test_cloudflare_records_are_found_before_created_so_nothing_doubles(app, bridge, cluster, clock, cloudflare):
+    app.config["CLOUDFLARE_API_URL"] = cloudflare.base_url
+    for zone_id, name in CLOUDFLARE_ZONES.items():
+        dns.create_zone({"name": name, "provider": "cloudflare", "account_id": "acc", "zone_id": zone_id,
+                         "api_token": cloudflare.token})
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    fqdn = f"{vm.name}.example.com"
+    forward = cloudflare.records(cloudflare.zone_id("example.com"))
+    assert sorted((r["type"], r["content"]) for r in forward) == [("A", "192.0.2.10"), ("A", "192.0.2.11"),
+                                                                 ("AAAA", "2001:db8::10")]
+    reverse = cloudflare.records(cloudflare.zone_id(V4_ZONE))
+    assert sorted(r["name"] for r in reverse) == sorted([reverse_name("192.0.2.10"), reverse_name("192.0.2.11")])
+    assert {r["content"] for r in reverse} == {fqdn}
+    posts = cloudflare.count("POST", "/dns_records")
+    from jobs.deploy import StepContext, dns_target
+    summary = dns.set_records(dns_target(StepContext(vm, Output(None, clock), clock, None)))
+    assert summary.errors == 0
+    assert cloudflare.count("POST", "/dns_records") == posts  # nothing created twice
+    assert len(cloudflare.records(cloudflare.zone_id("example.com"))) == 3
+
+
+def test_hestia_records_are_relative_to_the_domain(app, bridge, cluster, clock, hestia):
+    for name in ("example.com", V4_ZONE, V6_ZONE):
+        dns.create_zone({"name": name, "provider": "hestiacp", "server_url": hestia.url[: -len("api/")],
+                         "admin_user": "admin", "admin_password": hestia.password, "owner_user": "admin"})
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    forward = hestia.find("admin", "example.com", vm.name)
+    assert sorted((r["TYPE"], r["VALUE"]) for r in forward) == [("A", "192.0.2.10"), ("A", "192.0.2.11"),
+                                                               ("AAAA", "2001:db8::10")]
+    ptr = hestia.find("admin", V4_ZONE, "10", "PTR")
+    assert [r["VALUE"] for r in ptr] == [f"{vm.name}.example.com."]
+    assert len(hestia.find("admin", V6_ZONE, rtype="PTR")) == 1
+
+
+def test_broken_providers_never_hold_the_deploy_back(app, bridge, cluster, clock, cloudflare, hestia, powerdns):
+    app.config["CLOUDFLARE_API_URL"] = cloudflare.base_url
+    powerdns.create_zone("example.com")  # the reverse zones exist nowhere on PowerDNS
+    dns.create_zone({"name": "example.com", "provider": "powerdns", "server_url": powerdns.url,
+                     "api_key": "wrong-key"})
+    dns.create_zone({"name": V4_ZONE, "provider": "cloudflare", "account_id": "a",
+                     "zone_id": "9a7806061c88ada191ed06f989cc3dac", "api_token": "revoked-token"})
+    dns.create_zone({"name": V6_ZONE, "provider": "hestiacp", "server_url": hestia.url[: -len("api/")],
+                     "admin_user": "admin", "admin_password": hestia.password, "owner_user": "admin"})
+    hestia.down = True
+    register_cluster(cluster, **PRODUCT)
+    vm, lines = deploy(bridge, cluster, clock)
+    joined = "\n".join(lines)
+    assert "fwd ERR set example.com (PowerDNS)" in joined and "PowerDNS HTTP 401" in joined
+    assert "rev ERR set 2.0.192.in-addr.arpa (Cloudflare)" in joined and "Cloudflare HTTP 4" in joined
+    assert "rev ERR set 8.b.d.0.1.0.0.2.ip6.arpa (HestiaCP)" in joined and "cannot connect" in joined
+    assert "(fwd ok/err 0/2, rev ok/err 0/3)" in joined
+    log = db.session.scalars(select(ModuleLog).where(ModuleLog.action == "DNS set records")).one()
+    assert "PowerDNS HTTP 401" in log.response and "wrong-key" not in log.response + log.request
+    assert hestia.password not in log.response and cloudflare.token not in log.response
+
+
+def test_zone_test_button_and_masked_secrets(app, client, powerdns, cloudflare):
+    from tests.test_panel import csrf_of, login
+    from core import admins
+    admins.create_admin("root", "correct horse battery")
+    login(client)
+    app.config["CLOUDFLARE_API_URL"] = cloudflare.base_url
+    powerdns.create_zone("example.com")
+    good = dns.create_zone({"name": "example.com", "provider": "powerdns", "server_url": powerdns.url,
+                            "api_key": powerdns.api_key})
+    missing = dns.create_zone({"name": "example.org", "provider": "powerdns", "server_url": powerdns.url,
+                               "api_key": powerdns.api_key})
+    cf = dns.create_zone({"name": "2.0.192.in-addr.arpa", "provider": "cloudflare", "account_id": "a",
+                          "zone_id": "9a7806061c88ada191ed06f989cc3dac", "api_token": "not-the-token"})
+    html = client.get("/dns").get_data(as_text=True)
+    assert powerdns.api_key not in html and "not-the-token" not in html
+    token = csrf_of(html)
+    ok = client.post(f"/dns/{good.id}/test", data={"csrf_token": token}, follow_redirects=True)
+    assert "example.com answers and the zone exists." in ok.get_data(as_text=True)
+    bad = client.post(f"/dns/{missing.id}/test", data={"csrf_token": token}, follow_redirects=True)
+    assert "PowerDNS HTTP 404" in bad.get_data(as_text=True)
+    auth = client.post(f"/dns/{cf.id}/test", data={"csrf_token": token}, headers={"Accept": "application/json"})
+    assert auth.get_json()["ok"] is False and auth.get_json()["message"].startswith("Cloudflare HTTP 4")
+    # an empty secret keeps the stored one; a typed one replaces it
+    client.post(f"/dns/{good.id}", data={"csrf_token": token, "name": "example.com", "provider": "powerdns",
+                                          "server_url": powerdns.url, "api_key": ""})
+    assert dns.test_zone(db.session.get(DnsZone, good.id)) is None
+    refused = client.post("/dns", data={"csrf_token": token, "name": "bad zone!", "provider": "hestiacp",
+                                         "server_url": "ftp://x", "admin_password": "typed-secret"})
+    text = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and "Not a valid zone name." in text and "Must be an http" in text
+    assert "typed-secret" not in text
+
+
+def test_zone_names_and_urls_are_normalised(app):
+    zone = dns.create_zone({"name": "Example.COM.", "provider": "hestiacp", "server_url": "https://h.example:8083",
+                            "admin_user": "admin", "admin_password": "pw", "owner_user": "web"})
+    assert zone.name == "example.com" and zone.settings["server_url"] == "https://h.example:8083/"
+    assert zone.secret.startswith("enc:v1:") and "pw" not in str(dns.public(zone))
+    import pytest
+    with pytest.raises(dns.ZoneError) as err:
+        dns.create_zone({"name": "example.com", "provider": "powerdns", "server_url": "http://pdns.example:8081",
+                         "api_key": "k"})
+    assert "already configured" in str(err.value.errors["name"])
+
+
+def test_zone_matching_is_by_suffix_and_nibbles():
+    from core.dns.names import in_zone
+    assert in_zone("vm-1.puqcloud.com", "puqcloud.com") and not in_zone("vm-1.puqcloud.com", "puq.com")
+    assert not in_zone("vm-1.puqcloud.com", "cloud.com")
+    for zone in ("1.168.192.in-addr.arpa", "168.192.in-addr.arpa", "192.in-addr.arpa"):
+        assert in_zone(reverse_name("192.168.1.10"), zone, proper=True)
+    v6 = reverse_name("2001:db8::1")
+    assert v6.count(".") == 33 and v6.startswith("1.0.0.0.0.0.0.0") and v6.endswith(V6_ZONE)
+    assert in_zone(v6, V6_ZONE, proper=True) and not in_zone(v6, v6, proper=True)
+
+
+def test_legacy_dns_json_is_served_only_to_the_allowlist(app, bridge, cluster, clock, client):
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    assert client.get("/modules/servers/puqProxmoxKVM/lib/dns/dns.php").status_code == 403
+    settings.update({"dns_json_allowlist": "10.0.0.0/8, 127.0.0.1"})
+    answer = client.get("/modules/servers/puqProxmoxKVM/lib/dns/dns.php").get_json()
+    fqdn = f"{vm.name}.example.com"
+    assert {"forward": fqdn, "ip": "192.0.2.10", "reverse": fqdn} in answer
+    assert len(answer) == 3

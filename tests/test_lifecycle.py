@@ -1,0 +1,342 @@
+"""After the deploy: configurable options, change package, suspend, terminate, passwords, admin buttons,
+against the extended fakepve cluster (and a real PowerDNS for the records)."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from core import dns, ipam
+from core.dns.names import reverse_name
+from core.extensions import db
+from core.models import VM, IPAddress, Service
+from core.products import PackageError, resolve_package
+from core.vault import unseal
+from jobs.cron import run_tick
+from jobs.pipeline import Output
+from tests.conftest import account_params, register_cluster
+from tests.dnspeers import powerdns  # noqa: F401 - fixture
+
+PRODUCT = dict(cpu_cores=2, ram_mb=2048, system_disk_gb=20, additional_disk_storage="local-lvm", additional_disk_gb=15,
+               ipv4_count=1, ipv6_count=0, main_domain="example.com", email_welcome="", email_vm_ready="",
+               email_upgrade="puqProxmoxKVM Upgrade Email")
+
+
+def tick(clock, lines=None, **kw):
+    return run_tick(Output((lines if lines is not None else []).append, clock), **kw)
+
+
+def deployed(bridge, cluster, clock, service_id=5546, **extra):
+    bridge.call("CreateAccount", account_params(cluster, service_id, **extra))
+    lines: list[str] = []
+    tick(clock, lines)
+    vm = db.session.get(VM, service_id)
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    return vm
+
+
+def change(bridge, cluster, clock, options, service_id=5546):
+    answer = bridge.call("ChangePackage", account_params(cluster, service_id, configoptions=options)).get_json()
+    assert answer == {"result": "success"}, answer
+    assert db.session.get(VM, service_id).status == "change_package"
+    lines: list[str] = []
+    clock.advance(60)
+    tick(clock, lines, only="processVirtualMachines")
+    return lines
+
+
+# ----------------------------------------------------------------------------- configurable options
+
+def test_plain_option_names_win_over_legacy_prefixes_and_units_are_read():
+    pkg = resolve_package({"cpu_cores": 1, "ram_mb": 1024, "template_vmid": 9000},
+                          {"CPU|CPU": "8", "CPU Cores": "4", "RAM": "2 GB", "System Disk": "40 GB",
+                           "ipv4": "3", "OS|Operating System": "9001", "B": "2", "Network Bandwidth": "25"})
+    assert (pkg.cpu_cores, pkg.ram_mb, pkg.system_disk_gb, pkg.ipv4_count) == (4, 2048, 40, 3)
+    assert (pkg.template_vmid, pkg.backups, pkg.network_rate_mbs) == (9001, 2, 25)
+    assert resolve_package({"ram_mb": 512}, {}).ram_mb == 512  # nothing given: the product's settings
+    for options, fragment in (({"RAM": "lots"}, "cannot read 'lots'"), ({"System Disk": "20 PB"}, "unknown unit"),
+                              ({"CPU Cores": "1.5"}, "not a whole")):
+        with pytest.raises(PackageError, match=fragment):
+            resolve_package({}, options)
+
+
+def test_all_eighteen_options_are_known():
+    from core.products import OPTIONS
+    assert len(OPTIONS) == 18
+
+
+def test_an_unreadable_option_is_an_error_for_the_admin(app, bridge, cluster):
+    register_cluster(cluster, **PRODUCT)
+    answer = bridge.call("CreateAccount", account_params(cluster, 77, configoptions={"RAM": "plenty"}))
+    assert answer.get_json()["result"] == "error" and "cannot read 'plenty'" in answer.get_json()["message"]
+
+
+# ----------------------------------------------------------------------------- change package
+
+def test_upgrade_changes_cpu_ram_disks_addresses_ipset_cloudinit_and_dns(app, bridge, cluster, clock, whmcs_api,
+                                                                          powerdns):
+    for zone in ("example.com", "2.0.192.in-addr.arpa", "8.b.d.0.1.0.0.2.ip6.arpa"):
+        powerdns.create_zone(zone)
+        dns.create_zone({"name": zone, "provider": "powerdns", "server_url": powerdns.url,
+                         "api_key": powerdns.api_key})
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    lines = change(bridge, cluster, clock, {"CPU Cores": "4", "RAM": "4 GB", "System Disk": "40",
+                                            "Additional Disk": "30", "IPv4 Addresses": "2", "IPv6 Addresses": "1",
+                                            "System Disk Read Bandwidth": "300"})
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    config = cluster.pve.vm(vm.vmid).config
+    assert (int(config["cores"]), int(config["memory"])) == (4, 4096)
+    assert "size=40G" in config["scsi0"] and "mbps_rd=300" in config["scsi0"] and "size=30G" in config["scsi1"]
+    addresses = [a.address for a in ipam.assigned(5546)]
+    assert addresses == ["192.0.2.10", "192.0.2.11", "2001:db8::10"]
+    assert config["ipconfig0"] == "ip=192.0.2.10/24,gw=192.0.2.1,ip6=2001:db8::10/64,gw6=2001:db8::1"
+    from core.proxmox.client import Pve, endpoint_for
+    pve = Pve(endpoint_for(vm.server, unseal(vm.server.token_secret), app.instance_path))
+    ipset = {e["cidr"].split("/")[0] for e in pve.get("nodes", vm.node, "qemu", vm.vmid, "firewall", "ipset",
+                                                      "ipfilter-net0")}
+    assert ipset == set(addresses)
+    fqdn = f"{vm.name}.example.com"
+    assert sorted(powerdns.dig(fqdn, "A")) == ["192.0.2.10", "192.0.2.11"]
+    assert powerdns.dig(fqdn, "AAAA") == ["2001:db8::10"]
+    assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == [fqdn + "."]
+    assert cluster.pve.vm(vm.vmid).status == "running"
+    assert whmcs_api.emails()[-1] == "puqProxmoxKVM Upgrade Email"
+    block = lines[lines.index("--- ChangePackage: service=5546 vm=%d status=change_package ---" % vm.vmid):]
+    steps = [line for line in block if line.startswith("[+]")]
+    assert len(steps) == 12 and steps[0].startswith("[+] 1. Update IP + DNS + Firewall (+2 -0 addresses")
+    assert "(change_package -> cp_update_ip)" in steps[0] and "(cp_start -> ready)" in steps[-1]
+    assert "--- ChangePackage complete: service=5546 status=ready ---" in block
+    # and back down to one address: the PTR of the address handed back is gone
+    change(bridge, cluster, clock, {"IPv4 Addresses": "1", "IPv6 Addresses": "0", "CPU Cores": "4",
+                                    "RAM": "4 GB", "System Disk": "40", "Additional Disk": "30"})
+    assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
+    assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == [] and powerdns.dig(fqdn, "AAAA") == []
+    assert db.session.scalar(select(IPAddress).where(IPAddress.address == "192.0.2.11")).service_id is None
+
+
+def test_disk_downgrade_is_skipped_and_the_vm_never_stopped(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    before = len(cluster.pve.requests)
+    lines = change(bridge, cluster, clock, {"System Disk": "10"})
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    joined = "\n".join(lines)
+    assert "Resize system disk (skip - shrink not allowed by Proxmox) success" in joined
+    assert any("Stop VM (skip - no change)" in line and "(cp_update_ip -> cp_stop)" in line for line in lines)
+    new = cluster.pve.requests[before:]
+    assert not any(p.endswith(("/status/shutdown", "/status/stop", "/resize")) for _m, p, _b in new)
+    assert "size=20G" in cluster.pve.vm(vm.vmid).config["scsi0"] and cluster.pve.vm(vm.vmid).status == "running"
+
+
+def test_additional_disk_zero_detaches_and_purges_the_disk(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    volume = cluster.pve.vm(vm.vmid).config["scsi1"].split(",")[0]
+    lines = change(bridge, cluster, clock, {"Additional Disk": "0"})
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    config = cluster.pve.vm(vm.vmid).config
+    assert "scsi1" not in config and not any(k.startswith("unused") for k in config)
+    assert volume.split(":")[1] not in cluster.pve.storages["local-lvm"].get("volumes", {})
+    assert any("Create additional disk (removed scsi1) success" in line for line in lines)
+
+
+def test_a_start_that_fails_pauses_at_cp_firewall_and_the_next_tick_finishes(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    cluster.pve.fail("POST", "/status/start", 500, "no quorum", times=1)
+    lines = change(bridge, cluster, clock, {"CPU Cores": "3"})
+    db.session.refresh(vm)
+    assert vm.status == "cp_firewall", "\n".join(lines)
+    failed = next(line for line in lines if line.startswith("[!]"))
+    assert failed.startswith("[!] 11. Start VM") and "Will retry. (cp_firewall -> cp_firewall)" in failed
+    assert "--- ChangePackage paused: waiting at [cp_firewall] ---" in lines
+    assert any(line.endswith("errors: 1") for line in lines)
+    clock.advance(60)
+    lines = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready"
+    assert lines[3] == f"--- ChangePackage: service=5546 vm={vm.vmid} status=cp_firewall ---"
+    assert lines[4].startswith("[+] 1. Start VM") and "(cp_firewall -> cp_start)" in lines[4]
+    assert lines[5].startswith("[+] 2. Verify running") and "(cp_start -> ready)" in lines[5]
+    assert int(cluster.pve.vm(vm.vmid).config["cores"]) == 3
+
+
+def test_change_package_refused_while_the_vm_is_busy(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 90))
+    answer = bridge.call("ChangePackage", account_params(cluster, 90)).get_json()
+    assert answer["result"] == "error" and "busy (creation)" in answer["message"]
+
+
+# ----------------------------------------------------------------------------- suspend, power
+
+def test_suspend_stops_and_unsuspend_starts(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    assert bridge.call("SuspendAccount", account_params(cluster, 5546, status="Suspended")).get_json() == \
+        {"result": "success"}
+    assert cluster.pve.vm(vm.vmid).status == "stopped" and db.session.get(Service, 5546).status == "Suspended"
+    assert bridge.call("UnsuspendAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    assert cluster.pve.vm(vm.vmid).status == "running"
+    assert bridge.call("Stop", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    assert cluster.pve.vm(vm.vmid).status == "stopped"
+    assert bridge.call("Start", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    cluster.pve.fail("POST", "/status/stop", 500, "VM is locked (backup)", times=1)
+    answer = bridge.call("Stop", account_params(cluster, 5546)).get_json()
+    assert answer["result"] == "error" and "VM is locked (backup)" in answer["message"]
+
+
+# ----------------------------------------------------------------------------- terminate
+
+def test_terminate_forces_a_stubborn_guest_off_and_gives_the_addresses_back(app, bridge, cluster, clock,
+                                                                            whmcs_api):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    guest = cluster.pve.vm(vm.vmid)
+    guest.shutdown_secs = 500  # ignores shutdown far beyond 120 s
+    # a backup of the VM that terminate must remove
+    from core.proxmox.client import Pve, endpoint_for
+    pve = Pve(endpoint_for(vm.server, unseal(vm.server.token_secret), app.instance_path))
+    pve.post("nodes", vm.node, "vzdump", vmid=vm.vmid, storage="local", mode="snapshot")
+    assert cluster.pve.storages["local"].get("volumes")
+    # the fire-and-forget stop of TerminateAccount fails here too: the tick does the real work
+    cluster.pve.fail("POST", "/status/stop", 500, "busy", times=1)
+    assert bridge.call("TerminateAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    assert db.session.get(VM, 5546).status == "terminate"
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove", "\n".join(lines)
+    joined = "\n".join(lines)
+    assert "stop request sent" in joined and "still running, waited 15s / 120s" in joined
+    assert "graceful stop timed out: force stop sent" in joined and "VM deleted" in joined
+    assert "backup removed: local:backup/vzdump-qemu-" in joined
+    assert cluster.pve.vm(vm.vmid) is None
+    assert not [v for v in cluster.pve.storages["local"].get("volumes", {}) if f"-{vm.vmid}-" in v]
+    assert ipam.assigned(5546) == []
+    assert [c["description"] for c in whmcs_api.calls if c["action"] == "LogActivity"] == \
+        [f"Service ID: 5546 VM {vm.vmid} terminated successfully"]
+    # the addresses go to the next service
+    deployed(bridge, cluster, clock, service_id=5547)
+    assert [a.address for a in ipam.assigned(5547)] == ["192.0.2.10"]
+
+
+def test_a_failed_delete_is_error_terminate_never_retried_and_keeps_the_addresses(app, bridge, cluster, clock,
+                                                                                  whmcs_api):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    cluster.pve.fail("DELETE", f"/qemu/{vm.vmid}", 500, "storage is offline")
+    bridge.call("TerminateAccount", account_params(cluster, 5546))
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "error_terminate", "\n".join(lines)
+    failed = next(line for line in lines if line.startswith("[!]"))
+    assert "storage is offline" in failed and "(terminate -> error_terminate)" in failed
+    assert "storage is offline" in vm.last_error_message and vm.last_error_action == "terminate"
+    assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
+    activity = [c["description"] for c in whmcs_api.calls if c["action"] == "LogActivity"]
+    assert len(activity) == 1 and "termination FAILED - admin attention required" in activity[0]
+    for _ in range(3):
+        clock.advance(120)
+        lines = []
+        tick(clock, lines, only="processVirtualMachines")
+        assert not any("--- Terminate" in line for line in lines)  # never retried by itself
+    assert len([c for c in whmcs_api.calls if c["action"] == "LogActivity"]) == 1
+    # the admin fixes the storage and resets to terminate
+    cluster.pve.failures.clear()
+    from core import vms
+    vms.reset(vm, "terminate")
+    tick(clock, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove" and ipam.assigned(5546) == []
+
+
+# ----------------------------------------------------------------------------- passwords, redeploy
+
+def test_reset_password_changes_it_in_whmcs_cloudinit_and_by_email(app, bridge, cluster, clock, whmcs_api):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    old = cluster.pve.vm(vm.vmid).config["cipassword"]
+    assert bridge.call("ResetPassword", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    update = next(c for c in whmcs_api.calls if c["action"] == "UpdateClientProduct")
+    new = update["servicepassword"]
+    assert update["serviceid"] == "5546" and new != old and len(new) == 16
+    assert unseal(db.session.get(Service, 5546).password) == new
+    tick(clock, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready"
+    assert cluster.pve.vm(vm.vmid).config["cipassword"] == new and cluster.pve.vm(vm.vmid).status == "running"
+    assert whmcs_api.emails()[-1] == "puqProxmoxKVM Reset Password"
+    other = bridge.call("ResetPassword", account_params(cluster, 5546, userid=8)).get_json()
+    assert other["result"] == "error"
+
+
+def test_change_password_from_whmcs_rewrites_cloudinit(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    assert bridge.call("ChangePassword", account_params(cluster, 5546, password="N3w-Passw0rd")).get_json() == \
+        {"result": "success"}
+    tick(clock, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready" and cluster.pve.vm(vm.vmid).config["cipassword"] == "N3w-Passw0rd"
+
+
+def test_redeploy_button_from_whmcs(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    deployed(bridge, cluster, clock)
+    answer = bridge.call("Redeploy", account_params(cluster, 5546)).get_json()
+    assert answer["result"] == "error" and "ready VM is not redeployed" in answer["message"]
+
+
+def test_reinstall_onto_another_template_keeps_ip_mac_and_vmid(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    vmid, mac, addresses = vm.vmid, vm.mac, [a.address for a in ipam.assigned(5546)]
+    from core.proxmox.client import Pve, endpoint_for
+    pve = Pve(endpoint_for(vm.server, unseal(vm.server.token_secret), app.instance_path))
+    pve.post("nodes", vm.node, "qemu", vmid, "snapshot", snapname="before")
+    assert bridge.call("Reinstall", {**account_params(cluster, 5546), "template": 9001}).get_json() == \
+        {"result": "success"}
+    assert db.session.get(VM, 5546).status == "reinstall"
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    assert "    snapshot deleted: before" in lines and "--- Reinstall complete: service=5546 status=set_ip ---" in lines
+    assert (vm.vmid, vm.mac) == (vmid, mac) and [a.address for a in ipam.assigned(5546)] == addresses
+    assert [p for m, p, _b in cluster.pve.requests if m == "POST" and p.endswith("/clone")][-1] \
+        .endswith("/nodes/pve1/qemu/9001/clone")
+    guest = cluster.pve.vm(vmid)
+    assert guest.status == "running" and mac in guest.config["net0"] and not guest.snapshots
+    assert bridge.call("Reinstall", {**account_params(cluster, 5546), "template": 99}).status_code == 400
+
+
+def test_a_single_deploy_step_as_an_admin_command(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    cluster.pve.vm(vm.vmid).config["cores"] = 1  # changed by hand on the cluster
+    answer = bridge.call("VMSetCpuRam", account_params(cluster, 5546)).get_json()
+    assert answer == {"result": "success"}
+    guest = cluster.pve.vm(vm.vmid)  # running: PVE stages the change until the next start, as real PVE does
+    assert int(guest.pending.get("cores", guest.config["cores"])) == 2
+    assert db.session.get(VM, 5546).status == "ready"
+    cluster.pve.fail("PUT", "/config", 500, "VM is locked (backup)", times=1)
+    cluster.pve.vm(vm.vmid).config["cores"] = 1
+    failed = bridge.call("VMSetCpuRam", account_params(cluster, 5546)).get_json()
+    assert failed["result"] == "error" and "Set CPU & RAM" in failed["message"] and "locked" in failed["message"]
+
+
+def test_a_suspended_service_refuses_client_actions(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    deployed(bridge, cluster, clock)
+    bridge.call("SuspendAccount", account_params(cluster, 5546, status="Suspended"))
+    for function in ("ResetPassword", "Reinstall"):
+        answer = bridge.call(function, account_params(cluster, 5546, status="Suspended")).get_json()
+        assert answer == {"result": "error", "message": "the service is suspended"}
+    assert db.session.get(VM, 5546).status == "ready"

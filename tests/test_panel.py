@@ -1,0 +1,276 @@
+"""The panel: login and throttling, access groups, CSRF, every route behind a login, the screens' content."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from core import admins
+from core.extensions import db
+from core.models import VM, Client, IPAddress, IPPool, Product, Server, Service, VMRun
+
+PASSWORD = "correct horse battery"
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', html).group(1)
+
+
+def login(client, username="root", password=PASSWORD):
+    page = client.get("/login").get_data(as_text=True)
+    return client.post("/login", data={"username": username, "password": password, "csrf_token": csrf_of(page)})
+
+
+@pytest.fixture
+def admin(app):
+    return admins.create_admin("root", PASSWORD)
+
+
+@pytest.fixture
+def logged_in(client, admin):
+    assert login(client).status_code == 302
+    return client
+
+
+def seed_fleet(n=3):
+    db.session.add(Server(id=1, name="pve-waw1", hostname="127.0.0.1", token_id="root@pam!t",
+                          token_secret="enc:v1:xyz"))
+    db.session.add(Client(id=1, firstname="<script>alert(1)</script>", lastname="Poloviy"))
+    db.session.add(Product(id=1, name="VPS Start", settings={}))
+    pool = IPPool(server_id=1, family=4, bridge="vmbr0", vlan=0, gateway="192.168.130.1", mask=24,
+                  first="192.168.130.2", last="192.168.130.254")
+    db.session.add(pool)
+    db.session.flush()
+    for n in range(n):
+        sid = 5546 + n
+        db.session.add(Service(id=sid, client_id=1, product_id=1, server_id=1, status="Active"))
+        db.session.add(VM(service_id=sid, server_id=1, vmid=2000 + n, name=f"{sid}-1776530141",
+                          status="ready" if n else "set_cloudinit",
+                          rev_dns={f"192.168.130.{n + 2}": f"{sid}-1776530141.puqcloud.com"}))
+        db.session.flush()
+        db.session.add(IPAddress(server_id=1, pool_id=pool.id, family=4, address=f"192.168.130.{n + 2}",
+                                 key=f"c0a882{n + 2:02x}", service_id=sid))
+    db.session.commit()
+    return pool
+
+
+def test_every_route_needs_a_login(app, client):
+    public = {"panel.login", "panel.language", "static", "legacy.dns_json"}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in public or rule.endpoint.startswith("bridge.") or rule.endpoint.startswith("api."):
+            continue
+        url = re.sub(r"<(?:int:)?\w+>", "1", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            answer = client.open(url, method=method)
+            # a POST without a session has no CSRF token either: refused before the login check (400)
+            allowed = (302, 401) if method == "GET" else (400, 401)
+            assert answer.status_code in allowed, (method, url, answer.status_code)
+            if answer.status_code == 302:
+                assert "/login" in answer.headers["Location"]
+
+
+def test_login_wrong_password_and_throttling(client, admin):
+    assert login(client, password="wrong").status_code == 401
+    for _ in range(4):
+        login(client, password="wrong")
+    answer = login(client)  # the right password, but too many failures just now
+    assert answer.status_code == 429
+    assert "Too many failed logins" in answer.get_data(as_text=True)
+
+
+def test_unknown_user_and_next_redirect_is_local_only(client, admin):
+    assert login(client, username="nobody").status_code == 401
+    page = client.get("/login?next=https://evil.example/").get_data(as_text=True)
+    answer = client.post("/login?next=https://evil.example/",
+                         data={"username": "root", "password": PASSWORD, "csrf_token": csrf_of(page)})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/"
+
+
+def test_posts_without_csrf_are_refused(logged_in):
+    seed_fleet()
+    for url, data in (("/pools", {"server_id": 1}), ("/vms/5546/reset", {"status": "ready"}),
+                      ("/settings", {"api_timeout": 20}), ("/language", {"locale": "de"}), ("/logout", {})):
+        answer = logged_in.post(url, data=data)
+        assert answer.status_code in (400, 302), url
+        if url != "/language":
+            assert answer.status_code == 400, url
+    assert db.session.get(VM, 5546).status == "set_cloudinit"
+
+
+def test_password_change_ends_sessions(logged_in, admin):
+    assert logged_in.get("/").status_code == 200
+    admins.set_password(admin, "another long password")
+    assert logged_in.get("/").status_code == 302
+
+
+def test_dashboard_cards(logged_in):
+    seed_fleet()
+    html = logged_in.get("/").get_data(as_text=True)
+    assert "IP Pools" in html and "KVM Services" in html and "In-process ticker" in html
+    assert "Deploying" in html
+
+
+def test_pools_list_usage_and_rdns_hint(logged_in):
+    seed_fleet()
+    html = logged_in.get("/pools").get_data(as_text=True)
+    assert "rDNS zone: 130.168.192.in-addr.arpa" in html
+    assert 'aria-valuenow="3"' in html and 'aria-valuemax="253"' in html
+    assert "192.168.130.2 – 192.168.130.254" in html
+
+
+def test_pool_validation_errors_are_next_to_their_fields(logged_in):
+    seed_fleet()
+    page = logged_in.get("/pools").get_data(as_text=True)
+    answer = logged_in.post("/pools", data={"csrf_token": csrf_of(page), "server_id": 1, "family": "4",
+                                            "bridge": "not a bridge", "vlan": "0", "gateway": "2001:db8::1",
+                                            "mask": "24", "first": "10.0.0.9", "last": "10.0.0.1"})
+    assert answer.status_code == 400
+    html = answer.get_data(as_text=True)
+    assert "Not a valid bridge name" in html and "Gateway must be an IPv4 address" in html
+    assert "data-open-now" in html
+    assert db.session.scalar(select(IPPool).where(IPPool.bridge == "not a bridge")) is None
+
+
+def test_pool_add_edit_and_delete_refused_while_allocated(logged_in):
+    pool = seed_fleet()
+    token = csrf_of(logged_in.get("/pools").get_data(as_text=True))
+    answer = logged_in.post("/pools", data={"csrf_token": token, "server_id": 1, "family": "6", "bridge": "vmbr1",
+                                            "vlan": "10", "gateway": "2001:db8::1", "mask": "64", "dns1": "",
+                                            "dns2": "2001:4860:4860::8888", "first": "2001:db8::2",
+                                            "last": "2001:db8::ffff"})
+    assert answer.status_code == 302
+    new = db.session.scalar(select(IPPool).where(IPPool.family == 6))
+    assert new.dns2 == "2001:4860:4860::8888"
+    edit = logged_in.post(f"/pools/{pool.id}", data={"csrf_token": token, "server_id": 1, "family": "4",
+                                                     "bridge": "vmbr2", "vlan": "5", "gateway": "192.168.130.1",
+                                                     "mask": "24", "first": "192.168.130.2",
+                                                     "last": "192.168.130.100"})
+    assert edit.status_code == 302
+    db.session.refresh(pool)
+    assert pool.bridge == "vmbr2" and pool.last == "192.168.130.100"
+    assert db.session.scalar(select(IPAddress).where(IPAddress.address == "192.168.130.2")).service_id == 5546
+    refused = logged_in.post(f"/pools/{pool.id}/delete", data={"csrf_token": token}, follow_redirects=True)
+    assert "3 addresses are allocated: 192.168.130.2 (service 5546)" in refused.get_data(as_text=True)
+    assert db.session.get(IPPool, pool.id) is not None
+    assert logged_in.post(f"/pools/{new.id}/delete", data={"csrf_token": token}).status_code == 302
+    assert db.session.get(IPPool, new.id) is None
+
+
+def test_vm_management_lists_searches_and_escapes(logged_in):
+    seed_fleet(3)
+    html = logged_in.get("/vms").get_data(as_text=True)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+    assert "5546-1776530141.puqcloud.com" in html and "SET_CLOUDINIT" in html
+    assert "Showing 1 to 3 of 3 entries" in html
+    only = logged_in.get("/vms?vm_status=ready").get_data(as_text=True)
+    assert "#5546" not in only and "#5547" in only
+    found = logged_in.get("/vms?q=192.168.130.4").get_data(as_text=True)
+    assert "#5548" in found and "#5547" not in found
+    statuses = logged_in.get("/vms/status?ids=5546,5547", headers={"Accept": "application/json"}).get_json()
+    assert statuses["5546"]["status"] == "set_cloudinit"
+
+
+def test_vm_reset_redeploy_log_record_and_delete(logged_in):
+    seed_fleet(2)
+    db.session.add(VMRun(service_id=5546, action="deploy", from_status="creation", to_status="set_cloudinit",
+                         result="error", error="VM failed to start", steps=[
+                             {"label": "Start VM", "from": "set_cloudinit", "to": "set_cloudinit",
+                              "result": "error: VM failed to start", "seconds": 5.11, "at": "2026-04-10T03:53:51"}]))
+    vm = db.session.get(VM, 5546)
+    vm.last_error_action, vm.last_error_message = "deploy", "VM failed to start (status: stopped)"
+    db.session.commit()
+    token = csrf_of(logged_in.get("/vms").get_data(as_text=True))
+    log = logged_in.get("/vms/5546/log").get_data(as_text=True)
+    assert "alert-error banner" in log and "VM failed to start (status: stopped)" in log and "Start VM" in log
+    assert logged_in.post("/vms/5546/reset", data={"csrf_token": token, "status": "bogus"}).status_code == 302
+    assert db.session.get(VM, 5546).status == "set_cloudinit"
+    logged_in.post("/vms/5546/reset", data={"csrf_token": token, "status": "creation"})
+    db.session.refresh(vm)
+    assert vm.status == "creation"
+    ready_redeploy = logged_in.post("/vms/5547/redeploy", data={"csrf_token": token}, follow_redirects=True)
+    assert "A ready VM is not redeployed" in ready_redeploy.get_data(as_text=True)
+    logged_in.post("/vms/5546/redeploy", data={"csrf_token": token})
+    db.session.refresh(vm)
+    assert vm.status == "redeploy"
+    bad = logged_in.post("/vms/5546/record", data={"csrf_token": token, "vmid": "abc", "rev_dns": "[1]"})
+    assert bad.status_code == 400 and "Must be a whole number" in bad.get_data(as_text=True)
+    logged_in.post("/vms/5546/record", data={"csrf_token": token, "vmid": "2100", "status": "remove"})
+    db.session.refresh(vm)
+    assert (vm.vmid, vm.status) == (2100, "remove")
+    logged_in.post("/vms/5546/delete", data={"csrf_token": token})
+    assert db.session.get(VM, 5546) is None
+    assert db.session.scalar(select(IPAddress).where(IPAddress.address == "192.168.130.2")).service_id is None
+
+
+def test_read_only_group_sees_but_cannot_change(client, app):
+    group = admins.create_group("support", ["dashboard", "vms"], can_change=False)
+    admins.create_admin("helpdesk", PASSWORD, group)
+    seed_fleet()
+    login(client, "helpdesk")
+    assert client.get("/vms").status_code == 200
+    assert client.get("/pools").status_code == 403
+    token = csrf_of(client.get("/vms").get_data(as_text=True))
+    assert client.post("/vms/5546/reset", data={"csrf_token": token, "status": "ready"}).status_code == 403
+    assert "Reset VM Status" not in client.get("/vms").get_data(as_text=True)
+
+
+def test_settings_validated_to_their_ranges_and_secret_never_shown(logged_in):
+    token = csrf_of(logged_in.get("/settings").get_data(as_text=True))
+    bad = logged_in.post("/settings", data={"csrf_token": token, "api_timeout": "0", "api_heavy_timeout": "601",
+                                            "migration_timeout": "300"})
+    assert bad.status_code == 400
+    ok = logged_in.post("/settings", data={"csrf_token": token, "api_timeout": "20", "api_heavy_timeout": "90",
+                                           "migration_timeout": "300", "migration_enabled": "on",
+                                           "whmcs_api_secret": "top-secret-value"})
+    assert ok.status_code == 302
+    html = logged_in.get("/settings").get_data(as_text=True)
+    assert "top-secret-value" not in html and "(unchanged - enter new to replace)" in html
+    cron = logged_in.post("/settings/cron", data={"csrf_token": token, "cron_mode": "standalone",
+                                                  "cron_lock_timeout": "600", "interval_processVirtualMachines": "2",
+                                                  "interval_removeOldSnapshots": "0", "interval_restoreBackupStatus": "1",
+                                                  "interval_nowBackupStatus": "1", "interval_scheduleBackup": "5",
+                                                  "interval_collectingStatistics": "60"})
+    assert cron.status_code == 302
+    html = logged_in.get("/settings/cron").get_data(as_text=True)
+    assert "DISABLED" in html and "Process Virtual Machines" in html
+
+
+def test_language_choice_and_rtl(logged_in, admin):
+    token = csrf_of(logged_in.get("/").get_data(as_text=True))
+    logged_in.post("/language", data={"csrf_token": token, "locale": "ar", "next": "/"})
+    html = logged_in.get("/").get_data(as_text=True)
+    assert 'dir="rtl"' in html and 'lang="ar"' in html
+    assert db.session.get(type(admin), admin.id).locale == "ar"
+
+
+def test_browser_language_is_the_fallback(client, admin):
+    html = client.get("/login", headers={"Accept-Language": "he-IL,he;q=0.9"}).get_data(as_text=True)
+    assert 'lang="he"' in html and 'dir="rtl"' in html
+
+
+def test_product_page_checks_the_cluster_live_and_highlights_fields(logged_in, cluster):
+    from tests.conftest import register_cluster
+    register_cluster(cluster, template_vmid=9999, template_node="pve1", additional_disk_storage="nowhere")
+    html = logged_in.get("/products/1").get_data(as_text=True)
+    assert "Template 9999 does not exist" in html and "9000 (debian-12-cloud)" in html
+    assert "Storage nowhere does not exist" in html
+    assert html.count('class="invalid"') == 2
+    token = csrf_of(html)
+    fixed = logged_in.post("/products/1", data={"csrf_token": token, "template_vmid": "9001", "template_node": "pve1",
+                                                "additional_disk_storage": "local-lvm", "cpu_cores": "2",
+                                                "firewall_enable": "on"})
+    assert fixed.status_code == 302
+    html = logged_in.get("/products/1").get_data(as_text=True)
+    assert "does not exist" not in html and 'class="invalid"' not in html
+    product = db.session.get(Product, 1)
+    db.session.refresh(product)
+    assert product.settings["template_vmid"] == 9001 and product.settings["firewall_dhcp"] is False
+    bad = logged_in.post("/products/1", data={"csrf_token": token, "cpu_cores": "0", "network_vlan": "9999"})
+    assert bad.status_code == 400 and "VLAN must be between 0 (untagged) and 4094." in bad.get_data(as_text=True)
+
+
+def test_product_page_says_when_the_cluster_does_not_answer(logged_in):
+    seed_fleet(1)
+    html = logged_in.get("/products/1").get_data(as_text=True)
+    assert "does not answer" in html

@@ -1,0 +1,44 @@
+"""Product module settings: defaults for everything, validation with every error at once, the CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.extensions import db
+from core.models import Product
+from core.products import ProductSettings, ProductSettingsError, resolve_package, validate
+
+
+def test_every_setting_has_a_default():
+    settings = ProductSettings.from_stored({})
+    assert settings.cpu_cores == 1 and settings.ram_mb == 1024 and settings.first_vmid == 100
+    assert settings.ipv4_count == 1 and settings.ipv6_count == 0 and settings.clone_mode == "full"
+    assert settings.firewall_policy_in == "ACCEPT" and settings.vm_name_rule == "{prefix}-{client_id}-{service_id}"
+
+
+def test_stored_values_override_defaults_and_bad_ones_fall_back():
+    settings = ProductSettings.from_stored({"cpu_cores": "4", "ram_mb": "lots", "dhcp": "on", "junk": 1})
+    assert settings.cpu_cores == 4 and settings.ram_mb == 1024 and settings.dhcp is True
+    assert resolve_package({"cpu_cores": 2}, {"CPU Cores": "8"}).cpu_cores == 8  # the option wins
+
+
+def test_validate_reports_every_problem():
+    with pytest.raises(ProductSettingsError) as err:
+        validate({"cpu_cores": 0, "network_bridge": "1bad bridge", "network_vlan": 5000, "clone_mode": "copy",
+                  "first_vmid": 50, "firewall_policy_in": "ALLOW", "system_disk_gb": -1, "nope": 1})
+    assert set(err.value.errors) == {"cpu_cores", "network_bridge", "network_vlan", "clone_mode", "first_vmid",
+                                     "firewall_policy_in", "system_disk_gb", "nope"}
+
+
+def test_product_cli_sets_all_or_nothing(app, runner):
+    result = runner.invoke(args=["product", "set", "3", "template_vmid=9000", "template_node=pve1",
+                                 "cpu_cores=2", "--name", "VPS Start"])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(args=["product", "set", "3", "cpu_cores=4", "network_vlan=9999"])
+    assert bad.exit_code != 0 and "network_vlan" in bad.output
+    product = db.session.get(Product, 3)
+    db.session.refresh(product)
+    assert product.name == "VPS Start" and product.settings["cpu_cores"] == 2
+    shown = json.loads(runner.invoke(args=["product", "show", "3"]).output)
+    assert shown["template_vmid"] == 9000 and shown["ram_mb"] == 1024

@@ -1,0 +1,193 @@
+"""With REDIS_URL: one RQ job per VM (never doubled), workers that never block on Proxmox, and the tick that
+``rq cron`` runs. Against the real Redis on 127.0.0.1:6379."""
+from __future__ import annotations
+
+import secrets
+import time
+import pytest
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.registry import ScheduledJobRegistry
+
+import jobs.worker
+from core.extensions import db
+from core.models import VM
+from jobs.pipeline import Output, claim, run_vm
+from tests.conftest import Bridge, account_params, hold_migrations, make_app, register_cluster
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_conn():
+    conn = Redis.from_url(REDIS_URL)
+    try:
+        conn.ping()
+    except Exception:  # noqa: BLE001
+        pytest.fail("Redis is not reachable on 127.0.0.1:6379 (RQ tests need the real server)")
+    return conn
+
+
+@pytest.fixture
+def rq_app(tmp_path, redis_conn, monkeypatch):
+    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'rq.sqlite3'}", REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name,
+                   JOB_MAX_WAIT=0.2, JOB_REQUEUE_SECONDS=1)
+    monkeypatch.setattr(jobs.worker, "_app", app)
+    queue = Queue(queue_name, connection=redis_conn)
+    with app.app_context():
+        yield app, queue
+        db.session.remove()
+    queue.empty()
+    for registry in (queue.scheduled_job_registry, queue.finished_job_registry, queue.failed_job_registry,
+                     queue.started_job_registry):
+        for job_id in registry.get_job_ids():
+            registry.remove(job_id, delete_job=True)
+    queue.delete(delete_jobs=True)
+
+
+def work(queue, redis_conn):
+    SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
+
+
+def test_create_account_queues_one_job_per_vm_and_a_worker_deploys_it(rq_app, redis_conn, cluster):
+    app, queue = rq_app
+    register_cluster(cluster)
+    bridge = Bridge(app, app.test_client())
+    assert bridge.call("CreateAccount", account_params(cluster, 501)).get_json()["queued"] is True
+    job_id = f"{queue.name}-vm-501"
+    assert queue.job_ids == [job_id]
+    vm = db.session.get(VM, 501)
+    vm.status = "creation"
+    db.session.commit()
+    # a tick while the job is still queued does not add another
+    jobs.worker.tick_job()
+    assert queue.job_ids == [job_id]
+    work(queue, redis_conn)
+    db.session.expire_all()
+    vm = db.session.get(VM, 501)
+    assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status == "running"
+    result = queue.fetch_job(job_id).return_value()
+    assert result["result"] == "success" and result["steps"] == 15
+
+
+@pytest.mark.time_scale(0.001)
+def test_a_worker_does_not_wait_for_a_long_migration(rq_app, redis_conn, cluster):
+    """Proxmox keeps migrating until the test lets it finish; the job stops polling after JOB_MAX_WAIT and
+    schedules its own follow-up, so the worker is free for other VMs meanwhile."""
+    app, queue = rq_app
+    register_cluster(cluster)
+    migration_done = hold_migrations(cluster.pve)
+    bridge = Bridge(app, app.test_client())
+    bridge.call("CreateAccount", account_params(cluster, 502))
+    work(queue, redis_conn)
+    db.session.expire_all()
+    vm = db.session.get(VM, 502)
+    assert vm.status == "clone" and vm.task_upid and ":qmigrate:" in vm.task_upid
+    # the job ended while Proxmox still migrates: it handed the wait to a scheduled follow-up
+    assert cluster.pve.tasks[vm.task_upid]["status"] == "running"
+    migration_done.set()
+    scheduled = ScheduledJobRegistry(queue=queue)
+    assert [j for j in scheduled.get_job_ids() if j.startswith(f"{queue.name}-vm-502-poll-")]
+    # let the scheduled follow-ups run until the VM is ready
+    for _ in range(60):
+        for job_id in scheduled.get_job_ids():
+            queue.enqueue_job(queue.fetch_job(job_id))
+            scheduled.remove(job_id)
+        work(queue, redis_conn)
+        db.session.expire_all()
+        if db.session.get(VM, 502).status == "ready":
+            break
+        time.sleep(0.1)
+    vm = db.session.get(VM, 502)
+    assert vm.status == "ready"
+    assert len([v for v in cluster.pve.vms if v.name == vm.name]) == 1
+
+
+def test_a_vm_is_never_worked_on_by_two_runners(rq_app, cluster, clock):
+    app, _queue = rq_app
+    register_cluster(cluster)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 503))
+    assert claim(503, "worker-a", 600, clock)
+    requests_before = len(cluster.pve.requests)
+    result = run_vm(503, Output(None, clock), clock, owner="worker-b")
+    assert result.result == "busy"
+    assert db.session.get(VM, 503).status == "creation"
+    assert len(cluster.pve.requests) == requests_before
+    clock.advance(601)  # the lease of a dead worker expires
+    assert run_vm(503, Output(None, clock), clock, owner="worker-b").result == "success"
+
+
+def test_rq_cron_config_registers_the_tick(redis_conn):
+    from rq import cron
+    from rq.cron import CronScheduler
+    scheduler = CronScheduler(connection=redis_conn)
+    cron._job_data_registry.clear()
+    scheduler.load_config_from_file("jobs/rq_cron.py")
+    [job] = scheduler.get_jobs()
+    assert job.func_name == "jobs.worker.tick_job" and job.interval == 60 and job.queue_name == "pkvm"
+
+
+def test_a_step_command_runs_on_a_worker_and_answers_the_request(rq_app, redis_conn, cluster, clock):
+    import threading
+    app, queue = rq_app
+    register_cluster(cluster)
+    bridge = Bridge(app, app.test_client())
+    bridge.call("CreateAccount", account_params(cluster, 504))
+    work(queue, redis_conn)
+    db.session.expire_all()
+    vm = db.session.get(VM, 504)
+    assert vm.status == "ready"
+    cluster.pve.vm(vm.vmid).config["memory"] = 512
+
+    from rq.timeouts import TimerDeathPenalty
+
+    class ThreadWorker(SimpleWorker):  # signals are the main thread's: no handlers, timer-based timeouts
+        death_penalty_class = TimerDeathPenalty
+
+        def _install_signal_handlers(self):
+            pass
+
+    worker = threading.Thread(target=lambda: ThreadWorker([queue], connection=redis_conn).work(
+        burst=False, max_jobs=1, with_scheduler=False), daemon=True)
+    worker.start()
+    answer = bridge.call("VMSetCpuRam", account_params(cluster, 504)).get_json()
+    worker.join(30)
+    assert answer == {"result": "success"}
+    guest = cluster.pve.vm(vm.vmid)
+    assert int(guest.pending.get("memory", guest.config["memory"])) == 1024
+
+
+def test_the_preloaded_worker_process_deploys_a_vm(tmp_path, redis_conn, cluster, monkeypatch):
+    """The real command line: ``rq worker -w jobs.worker.PreloadedWorker --burst`` in its own process,
+    forking a work horse per job, with the app built once before the fork."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
+    db_path = tmp_path / "worker.sqlite3"
+    app = make_app(tmp_path, f"sqlite:///{db_path}", REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name,
+                   JOB_MAX_WAIT=0.2, JOB_REQUEUE_SECONDS=1)
+    queue = Queue(queue_name, connection=redis_conn)
+    try:
+        with app.app_context():
+            register_cluster(cluster)
+            assert Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 510)).get_json()[
+                "queued"] is True
+        env = dict(os.environ, DATABASE_URL=f"sqlite:///{db_path}", REDIS_URL=REDIS_URL,
+                   PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_RQ_QUEUE=queue_name,
+                   PKVM_TICKER_SECONDS="0")
+        rq = Path(sys.executable).with_name("rq")
+        done = subprocess.run([str(rq), "worker", queue_name, "--burst", "-w", "jobs.worker.PreloadedWorker",
+                               "--url", REDIS_URL], cwd=Path(__file__).resolve().parent.parent, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with app.app_context():
+            vm = db.session.get(VM, 510)
+            assert vm.status == "ready", done.stderr[-3000:]
+            assert cluster.pve.vm(vm.vmid).status == "running"
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        queue.delete(delete_jobs=True)

@@ -1,0 +1,88 @@
+"""TestConnection: the API answers and the token holds the privileges the lifecycle needs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def server_params(fakepve, cafile, **extra):
+    base = {"serverid": 4, "serverhostname": "127.0.0.1", "serverport": fakepve.port,
+            "serverusername": "root@pam!whmcs", "serverpassword": "tok-secret",
+            "serveraccesshash": Path(cafile).read_text()}
+    base.update(extra)
+    return base
+
+
+def test_connection_ok(bridge, fakepve, fakepve_cafile):
+    fakepve.apitokens["root@pam!whmcs"] = "tok-secret"
+    answer = bridge.call("TestConnection", server_params(fakepve, fakepve_cafile))
+    assert answer.status_code == 200
+    assert answer.get_json() == {"success": True, "error": ""}
+
+
+def test_wrong_secret_says_what_to_fix(bridge, fakepve, fakepve_cafile):
+    fakepve.apitokens["root@pam!whmcs"] = "another"
+    body = bridge.call("TestConnection", server_params(fakepve, fakepve_cafile)).get_json()
+    assert body["success"] is False and "API token ID and secret" in body["error"]
+
+
+def test_missing_privileges_are_listed(bridge, fakepve, fakepve_cafile):
+    fakepve.apitokens["auditor@pve!whmcs"] = "tok-secret"
+    fakepve.grant("auditor@pve!whmcs", "/", "Sys.Audit", "VM.Audit", "Datastore.Audit")
+    body = bridge.call("TestConnection", server_params(fakepve, fakepve_cafile,
+                                                       serverusername="auditor@pve!whmcs")).get_json()
+    assert body["success"] is False
+    assert "VM.Clone" in body["error"] and "VM.Allocate" in body["error"] and "PVEVMAdmin" in body["error"]
+    assert "Sys.Audit" not in body["error"].split("privileges:")[1].split(".")[0]
+
+
+def test_untrusted_certificate_is_explained(bridge, fakepve, fakepve_cafile):
+    fakepve.apitokens["root@pam!whmcs"] = "tok-secret"
+    body = bridge.call("TestConnection", server_params(fakepve, fakepve_cafile, serveraccesshash="")).get_json()
+    assert body["success"] is False and "TLS verification failed" in body["error"]
+    body = bridge.call("TestConnection", server_params(fakepve, fakepve_cafile,
+                                                       serveraccesshash="verify_tls=0")).get_json()
+    assert body == {"success": True, "error": ""}
+
+
+def test_nothing_listening(bridge, fakepve_cafile):
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+
+    class Closed:
+        pass
+    closed = Closed()
+    closed.port = port
+    body = bridge.call("TestConnection", server_params(closed, fakepve_cafile)).get_json()
+    assert body["success"] is False and "cannot connect" in body["error"]
+
+
+@pytest.mark.parametrize("field", ["serverusername", "serverpassword"])
+def test_missing_credentials_are_400(bridge, fakepve, fakepve_cafile, field):
+    params = server_params(fakepve, fakepve_cafile)
+    params.pop(field)
+    answer = bridge.call("TestConnection", params)
+    assert answer.status_code == 400 and field in answer.get_json()["errors"]
+
+
+def test_unsaved_server_is_tested_without_being_stored(bridge, fakepve, fakepve_cafile):
+    from sqlalchemy import func, select
+
+    from core.extensions import db
+    from core.models import Server
+    fakepve.apitokens["root@pam!whmcs"] = "tok-secret"
+    params = server_params(fakepve, fakepve_cafile)
+    params.pop("serverid")
+    assert bridge.call("TestConnection", params).get_json() == {"success": True, "error": ""}
+    assert db.session.scalar(select(func.count()).select_from(Server)) == 0
+
+
+def test_nested_client_details_are_ignored_not_refused(bridge):
+    from tests.test_bridge import configure_product, params
+    configure_product()
+    payload = params(clientsdetails={"firstname": "Ada", "customfields": [{"id": 1, "value": "x"}]})
+    assert bridge.call("CreateAccount", payload).get_json()["result"] == "success"

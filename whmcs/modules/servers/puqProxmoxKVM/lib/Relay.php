@@ -1,0 +1,220 @@
+<?php
+/**
+ * One WHMCS module call relayed to the bridge: the answer turned into WHMCS's return conventions and
+ * the call written to the module log with every secret masked.
+ */
+
+namespace PuqProxmoxKVM;
+
+final class Relay
+{
+    const MODULE = 'puqProxmoxKVM';
+    const MASK = '********';
+    const SETTINGS_PAGE = 'Setup > Addon Modules > PUQ Proxmox KVM';
+    /** $params keys whose values are never logged. */
+    const SECRET_KEYS = ['password', 'serverpassword', 'serveraccesshash'];
+
+    /** @var Bridge */
+    private $bridge;
+
+    public function __construct(?Bridge $bridge = null)
+    {
+        $this->bridge = $bridge !== null ? $bridge : Bridge::fromSettings();
+    }
+
+    /** Relay an action with the configured bridge: 'success' or the message the admin reads. */
+    public static function run($function, array $params)
+    {
+        return (new self())->action($function, $params);
+    }
+
+    /** TestConnection with the configured bridge: ['success' => bool, 'error' => string]. */
+    public static function test(array $params)
+    {
+        return (new self())->testConnection($params);
+    }
+
+    /** An action (CreateAccount, Start, ...): the string 'success' or the message the admin reads. */
+    public function action($function, array $params)
+    {
+        $result = $this->relay($function, $params, false);
+        return is_string($result) ? $result : 'Unexpected answer from the bridge.';
+    }
+
+    /** TestConnection: ['success' => bool, 'error' => string]. */
+    public function testConnection(array $params)
+    {
+        $result = $this->relay('TestConnection', $params, true);
+        if (is_string($result)) {
+            return ['success' => false, 'error' => $result];
+        }
+        return $result;
+    }
+
+    private function relay($function, array $params, $isTest)
+    {
+        $secrets = $this->secrets($params);
+        $url = $this->bridge->endpoint($function);
+        $raw = '';
+        try {
+            $problem = $this->bridge->configurationProblem();
+            if ($problem !== '') {
+                $result = $problem;
+            } else {
+                $answer = $this->bridge->call($function, $params);
+                $raw = $answer['error'] !== '' ? $answer['error'] : $answer['raw'];
+                $result = $this->interpret($function, $answer, $isTest);
+            }
+        } catch (\Throwable $e) {
+            $result = 'PUQ Proxmox KVM could not relay ' . $function . ' to the bridge: ' . $e->getMessage();
+        }
+        if ($isTest && is_string($result)) {
+            $result = ['success' => false, 'error' => $result];
+        }
+        $result = self::scrub($result, $secrets);
+        $this->log($function, $url, $params, self::scrub($raw, $secrets), $result, $secrets);
+        return $result;
+    }
+
+    /** WHMCS's return value for one answer of the bridge. */
+    private function interpret($function, array $answer, $isTest)
+    {
+        $url = $answer['url'];
+        if ($answer['error'] !== '') {
+            return 'The bridge is unreachable at ' . $url . ': ' . $answer['error'] . '. Check the Bridge URL in '
+                . self::SETTINGS_PAGE . ' and that the product is running.';
+        }
+        $status = $answer['status'];
+        $body = $answer['body'];
+        $message = is_array($body) && isset($body['message']) && is_scalar($body['message'])
+            ? trim((string) $body['message']) : '';
+        if ($status === 200 && is_array($body)) {
+            if ($isTest && array_key_exists('success', $body)) {
+                $error = isset($body['error']) && is_scalar($body['error']) ? (string) $body['error'] : '';
+                if (!$body['success'] && $error === '') {
+                    $error = 'The connection test failed without a reason.';
+                }
+                return ['success' => (bool) $body['success'], 'error' => $body['success'] ? '' : $error];
+            }
+            $outcome = isset($body['result']) ? $body['result'] : null;
+            if ($outcome === 'success') {
+                return 'success';
+            }
+            if ($outcome === 'error') {
+                return $message !== '' ? $message : 'The bridge reported an error without a message.';
+            }
+        }
+        if ($status === 400 && is_array($body)) {
+            $errors = isset($body['errors']) && is_array($body['errors']) ? $body['errors'] : [];
+            $fields = [];
+            foreach ($errors as $field => $problem) {
+                $fields[] = $field . ': ' . (is_scalar($problem) ? $problem : json_encode($problem));
+            }
+            return 'The bridge refused the parameters of ' . $function . ' (' . ($message ?: 'malformed payload')
+                . '): ' . ($fields ? implode('; ', $fields) : 'no details given') . '.';
+        }
+        if ($status === 401) {
+            $reason = preg_replace('/^unauthorized:\s*/i', '', $message);
+            return 'The bridge refused the call as unauthorized' . ($reason !== '' ? ' (' . $reason . ')' : '')
+                . ': check that the Bridge Secret in ' . self::SETTINGS_PAGE . ' is the shared secret '
+                . '`flask bridge secret` prints on the product server, and that the clocks of WHMCS and the '
+                . 'product server agree.';
+        }
+        if ($status === 404 && is_array($body) && isset($body['functions']) && is_array($body['functions'])) {
+            return 'The bridge does not implement ' . $function . ' (it offers: '
+                . implode(', ', array_map('strval', $body['functions'])) . ').';
+        }
+        if ($status === 404) {
+            return 'Nothing answers as the bridge at ' . $url . ' (HTTP 404): check the Bridge URL in '
+                . self::SETTINGS_PAGE . '.';
+        }
+        $detail = $message !== '' ? $message : self::snippet($answer['raw']);
+        return 'The bridge at ' . $url . ' answered HTTP ' . $status . ($detail !== '' ? ': ' . $detail : '') . '.';
+    }
+
+    private static function snippet($raw)
+    {
+        $text = trim(preg_replace('/\s+/', ' ', strip_tags((string) $raw)));
+        return strlen($text) > 200 ? substr($text, 0, 200) . '...' : $text;
+    }
+
+    /** The secret values of this call, longest first: the bridge secret, the token secret, the password. */
+    private function secrets(array $params)
+    {
+        $values = [$this->bridge->secret()];
+        foreach (['serverpassword', 'password'] as $key) {
+            if (isset($params[$key]) && is_scalar($params[$key])) {
+                $values[] = (string) $params[$key];
+            }
+        }
+        $secrets = [];
+        foreach ($values as $value) {
+            if ($value === '') {
+                continue;
+            }
+            $secrets[] = $value;
+            $escaped = substr((string) json_encode($value, JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES), 1, -1);
+            if ($escaped !== '' && $escaped !== $value) {
+                $secrets[] = $escaped; // as it would appear inside a JSON answer
+            }
+        }
+        $secrets = array_values(array_unique($secrets));
+        usort($secrets, function ($a, $b) {
+            return strlen($b) - strlen($a);
+        });
+        return $secrets;
+    }
+
+    /** $value with every secret replaced by the mask, strings inside arrays included. */
+    private static function scrub($value, array $secrets)
+    {
+        if (is_string($value)) {
+            return $secrets ? str_replace($secrets, self::MASK, $value) : $value;
+        }
+        if (is_array($value)) {
+            foreach ($value as $key => $item) {
+                $value[$key] = self::scrub($item, $secrets);
+            }
+        }
+        return $value;
+    }
+
+    /** What is sent, for the log: secret keys masked, secret values scrubbed everywhere. */
+    private static function masked(array $params, array $secrets)
+    {
+        $masked = [];
+        foreach ($params as $key => $value) {
+            if ($value instanceof \stdClass) {
+                $value = (array) $value; // a map Bridge::clean made an object so that it encodes as {}
+            }
+            $name = strtolower((string) $key);
+            if (in_array($name, self::SECRET_KEYS, true) || strpos($name, 'password') !== false
+                || strpos($name, 'secret') !== false) {
+                $masked[$key] = ($value === null || $value === '') ? $value : self::MASK;
+            } elseif (is_array($value)) {
+                $masked[$key] = self::masked($value, $secrets);
+            } elseif ($value === null || is_scalar($value)) {
+                $masked[$key] = self::scrub($value, $secrets);
+            }
+        }
+        return $masked;
+    }
+
+    private function log($function, $url, array $params, $raw, $processed, array $secrets)
+    {
+        if (!function_exists('logModuleCall')) {
+            return;
+        }
+        try {
+            $sent = Bridge::clean($params);
+        } catch (\Throwable $e) {
+            $sent = [];
+        }
+        $request = ['url' => $url, 'params' => self::masked($sent, $secrets)];
+        try {
+            logModuleCall(self::MODULE, $function, $request, $raw, $processed, $secrets);
+        } catch (\Throwable $e) {
+            // The module log is best effort: a failure to write it never fails the call.
+        }
+    }
+}

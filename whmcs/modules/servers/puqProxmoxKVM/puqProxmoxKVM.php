@@ -1,0 +1,102 @@
+<?php
+/**
+ * PUQ Proxmox KVM: WHMCS server module.
+ *
+ * A thin relay: every module function posts its $params, signed, to the product's bridge
+ * (POST <Bridge URL>/bridge/v1/module/<Function>) and hands WHMCS the answer. Provisioning, Proxmox
+ * access and the VM lifecycle all run in the product; nothing here decides anything.
+ *
+ * The bridge URL and shared secret come from the constants or environment variables PKVM_BRIDGE_URL and
+ * PKVM_BRIDGE_SECRET when set, otherwise from the addon module puq_proxmox_kvm (Setup > Addon Modules).
+ */
+
+if (!defined('WHMCS')) {
+    die('This file cannot be accessed directly');
+}
+
+require_once __DIR__ . '/lib/Bridge.php';
+require_once __DIR__ . '/lib/Relay.php';
+
+function puqProxmoxKVM_MetaData()
+{
+    return [
+        'DisplayName' => 'PUQ Proxmox KVM',
+        'APIVersion' => '1.1',
+        'RequiresServer' => true,
+        'DefaultNonSSLPort' => '8006',
+        'DefaultSSLPort' => '8006',
+    ];
+}
+
+function puqProxmoxKVM_CreateAccount(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('CreateAccount', $params);
+}
+
+function puqProxmoxKVM_SuspendAccount(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('SuspendAccount', $params);
+}
+
+function puqProxmoxKVM_UnsuspendAccount(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('UnsuspendAccount', $params);
+}
+
+function puqProxmoxKVM_TerminateAccount(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('TerminateAccount', $params);
+}
+
+function puqProxmoxKVM_ChangePackage(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('ChangePackage', $params);
+}
+
+function puqProxmoxKVM_ChangePassword(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('ChangePassword', $params);
+}
+
+/** ['success' => bool, 'error' => string] */
+function puqProxmoxKVM_TestConnection(array $params)
+{
+    return \PuqProxmoxKVM\Relay::test($params);
+}
+
+/** Buttons on the service's admin page: label => function suffix. */
+function puqProxmoxKVM_AdminCustomButtonArray()
+{
+    return [
+        'Start' => 'Start',
+        'Stop' => 'Stop',
+        'Reinstall' => 'Reinstall',
+        'Set DNS records' => 'SetDNSRecords',
+        'Redeploy' => 'Redeploy',
+    ];
+}
+
+function puqProxmoxKVM_Start(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('Start', $params);
+}
+
+function puqProxmoxKVM_Stop(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('Stop', $params);
+}
+
+function puqProxmoxKVM_Reinstall(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('Reinstall', $params);
+}
+
+function puqProxmoxKVM_SetDNSRecords(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('SetDNSRecords', $params);
+}
+
+function puqProxmoxKVM_Redeploy(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('Redeploy', $params);
+}
