@@ -49,8 +49,9 @@ def signed_headers(secret: str, method: str, path: str, body: bytes, now: float 
 
 
 def verify(secret: str, headers, method: str, path: str, body: bytes, max_skew: int,
-           now: float | None = None) -> None:
-    """Raise SignatureError unless the call is signed, fresh and not replayed; records the nonce."""
+           now: float | None = None) -> tuple[str, int]:
+    """Raise SignatureError unless the call is signed, fresh and not replayed; records the nonce (flushed,
+    uncommitted)."""
     timestamp = headers.get("X-Bridge-Timestamp", "")
     nonce = headers.get("X-Bridge-Nonce", "")
     signature = headers.get("X-Bridge-Signature", "")
@@ -66,14 +67,22 @@ def verify(secret: str, headers, method: str, path: str, body: bytes, max_skew: 
     expected = sign(secret, timestamp, nonce, method, path, body)
     if not hmac.compare_digest(expected, signature.lower()):
         raise SignatureError("bad signature: check the shared secret")
-    db.session.add(BridgeNonce(nonce=nonce.lower(), seen_at=now))
+    if secrets.randbelow(PURGE_ONE_IN) == 0:
+        purge_nonces(now - 2 * max_skew)
+    record_nonce(nonce, now)
+    return nonce, now
+
+
+def record_nonce(nonce: str, seen_at: int) -> None:
+    """Write the nonce into the current transaction (flushed, not committed: the caller commits it, with
+    the call's own writes or before them). A nonce already stored, or being stored by a concurrent call
+    (which the database makes this one wait for), is a replay."""
+    db.session.add(BridgeNonce(nonce=nonce.lower(), seen_at=seen_at))
     try:
-        db.session.commit()
+        db.session.flush()
     except IntegrityError:
         db.session.rollback()
         raise SignatureError("replayed call: this nonce was already used") from None
-    if secrets.randbelow(PURGE_ONE_IN) == 0:
-        purge_nonces(now - 2 * max_skew)
 
 
 def purge_nonces(older_than: int) -> None:

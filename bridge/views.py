@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from flask import current_app, jsonify, request
-from sqlalchemy.exc import OperationalError
+from flask import current_app, g, jsonify, request
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from core import accounts
 from core.extensions import db, is_transient
@@ -19,7 +19,7 @@ from core.proxmox.cluster import check_connection
 from core.settings import get as setting
 
 from . import bp
-from .signing import SignatureError, verify
+from .signing import SignatureError, record_nonce, verify
 
 log = logging.getLogger("pkvm.bridge")
 Handler = Callable[[dict], tuple[dict, int]]
@@ -27,8 +27,13 @@ FUNCTIONS: dict[str, Handler] = {}
 TRANSIENT_RETRIES = 3
 
 
-def module_function(name: str) -> Callable[[Handler], Handler]:
+def module_function(name: str, one_transaction: bool = False) -> Callable[[Handler], Handler]:
+    """Register a module function. A ``one_transaction`` handler never talks to Proxmox or waits: the call's
+    nonce and all its writes are committed together by the handler, and a conflicting concurrent
+    transaction makes the whole call run again. Any other handler gets its nonce committed first, so that
+    nothing is held locked while it works."""
     def register(handler: Handler) -> Handler:
+        handler.one_transaction = one_transaction
         FUNCTIONS[name] = handler
         return handler
     return register
@@ -45,10 +50,13 @@ def error(message: str) -> tuple[dict, int]:
 @bp.before_request
 def check_signature():
     try:
-        verify(current_app.config["BRIDGE_SECRET"], request.headers, request.method, request.path,
-               request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"])
+        g.bridge_nonce = verify(current_app.config["BRIDGE_SECRET"], request.headers, request.method,
+                                request.path, request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"])
     except SignatureError as exc:
         return jsonify(result="error", message=f"unauthorized: {exc}"), 401
+    handler = FUNCTIONS.get((request.view_args or {}).get("function", ""))
+    if not getattr(handler, "one_transaction", False):
+        db.session.commit()
     return None
 
 
@@ -59,6 +67,12 @@ def unexpected(exc: Exception):
         return jsonify(result="error", message=exc.description), exc.code
     db.session.rollback()
     log.exception("bridge call failed")
+    if g.get("bridge_nonce") is not None:  # a failed call stays unreplayable
+        try:
+            record_nonce(*g.bridge_nonce)
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - already stored (committed before the handler ran)
+            db.session.rollback()
     return jsonify(result="error", message="internal error; the details are in the server log"), 500
 
 
@@ -70,6 +84,7 @@ def module_call(function: str):
                        functions=sorted(FUNCTIONS)), 404
     payload = request.get_json(silent=True)
     if not isinstance(payload, dict):
+        db.session.commit()  # the nonce
         return jsonify(result="error", message="malformed payload",
                        errors={"body": "must be a JSON object with the WHMCS module parameters"}), 400
     for attempt in range(TRANSIENT_RETRIES):
@@ -77,12 +92,20 @@ def module_call(function: str):
             body, status = handler(payload)
             break
         except accounts.ParamsError as exc:
+            db.session.commit()  # the nonce: a malformed call is not replayable either
             return jsonify(result="error", message="malformed payload", errors=exc.errors), 400
-        except OperationalError as exc:
-            # Every handler is an idempotent upsert: a deadlocked transaction is simply run again.
+        except (OperationalError, IntegrityError) as exc:
+            # Every handler is an idempotent upsert: a deadlocked (or, for a one-transaction handler,
+            # conflicting) transaction is simply run again, with its nonce.
             db.session.rollback()
-            if not is_transient(exc) or attempt == TRANSIENT_RETRIES - 1:
+            retry = is_transient(exc) or (handler.one_transaction and isinstance(exc, IntegrityError))
+            if not retry or attempt == TRANSIENT_RETRIES - 1:
                 raise
+            if handler.one_transaction:
+                try:
+                    record_nonce(*g.bridge_nonce)
+                except SignatureError as replay:
+                    return jsonify(result="error", message=f"unauthorized: {replay}"), 401
     return jsonify(body), status
 
 
@@ -183,9 +206,13 @@ for _name, _source in STEP_COMMANDS.items():
     FUNCTIONS[_name] = (lambda name, source: lambda payload: _step_command(name, source, payload))(_name, _source)
 
 
-@module_function("CreateAccount")
+@module_function("CreateAccount", one_transaction=True)
 def create_account(payload: dict) -> tuple[dict, int]:
+    """One transaction: the nonce, the client, product, server and service, the VM row and the module log;
+    then the deploy is queued."""
+    from core import queue as work_queue
     params = accounts.parse_account(payload)
+    queued = False
     try:
         vm, queued = accounts.create_account(params)
     except accounts.AccountError as exc:
@@ -194,5 +221,8 @@ def create_account(payload: dict) -> tuple[dict, int]:
         body, status = success()
         body["status"] = vm.status
         body["queued"] = queued
-    accounts.log_call("CreateAccount", params.service_id, payload, body)
+    accounts.log_call("CreateAccount", params.service_id, payload, body, commit=False)
+    db.session.commit()
+    if queued:
+        work_queue.enqueue_vm(params.service_id)
     return body, status

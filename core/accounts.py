@@ -11,12 +11,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 
 from . import queue as work_queue
-from .extensions import db
+from .extensions import db, insert_missing
 from .models import VM, Client, ModuleLog, Product, Server, Service
-from .products import ProductSettings, resolve_package
+from .products import PackageError, ProductSettings, resolve_package
 from .proxmox.client import split_token_id
 from .vault import seal, unseal
 
@@ -183,61 +182,70 @@ def _save(row, **values) -> bool:
     return changed
 
 
-def _upsert(model, key: int, **values):
-    """Insert or update one row by primary key, safe when two calls insert it at the same moment."""
-    for _ in range(3):
+_LOOK_UP = object()
+
+
+def _upsert(model, key: int, values: dict[str, Any], row: Any = _LOOK_UP) -> None:
+    """Insert or update one row by primary key in the current transaction, safe when two calls insert it at
+    the same moment; an unchanged row is not written (and not locked). ``row``: the row if already loaded
+    (None: known to be missing)."""
+    if row is _LOOK_UP:
         row = db.session.get(model, key)
-        if row is not None:
-            if _save(row, **values):
-                db.session.commit()
-            return row
-        db.session.add(model(id=key, **values))
-        try:
-            db.session.commit()
-            return db.session.get(model, key)
-        except IntegrityError:
-            db.session.rollback()
-    raise RuntimeError(f"could not store {model.__name__} {key}")
+    if row is None:
+        if insert_missing(model, id=key, **values):
+            return
+        row = db.session.get(model, key)  # a concurrent call inserted it first
+    _save(row, **values)
 
 
-def upsert_server(params: ServerParams) -> Server:
+def upsert_server(params: ServerParams) -> None:
     row = db.session.get(Server, params.id)
     secret = params.token_secret
     if row is not None and row.token_secret and unseal(row.token_secret) == secret:
         sealed = row.token_secret  # unchanged: keep the stored ciphertext, no needless write
     else:
         sealed = seal(secret)
-    return _upsert(Server, params.id, name=params.name, hostname=params.hostname, ip=params.ip,
-                   port=params.port, token_id=params.token_id, token_secret=sealed,
-                   verify_tls=params.verify_tls, ca_pem=params.ca_pem,
-                   **({"assigned_ips": params.assigned_ips} if params.assigned_ips else {}))
+    values = dict(name=params.name, hostname=params.hostname, ip=params.ip, port=params.port,
+                  token_id=params.token_id, token_secret=sealed, verify_tls=params.verify_tls, ca_pem=params.ca_pem)
+    if params.assigned_ips:
+        values["assigned_ips"] = params.assigned_ips
+    _upsert(Server, params.id, values, row)
 
 
-def upsert_account(params: AccountParams) -> Service:
-    """Store the client, product, server and service a call carries."""
+def store_account(params: AccountParams) -> Product:
+    """Write the client, product, server and service a call carries into the current transaction; returns
+    the product."""
     details = params.client
-    _upsert(Client, params.client_id, firstname=str(details.get("firstname") or "")[:255],
-            lastname=str(details.get("lastname") or "")[:255],
-            companyname=str(details.get("companyname") or "")[:255], email=str(details.get("email") or "")[:255])
+    _upsert(Client, params.client_id, dict(
+        firstname=str(details.get("firstname") or "")[:255], lastname=str(details.get("lastname") or "")[:255],
+        companyname=str(details.get("companyname") or "")[:255], email=str(details.get("email") or "")[:255]))
     product = db.session.get(Product, params.product_id)
     if product is None:
-        _upsert(Product, params.product_id, name=params.product_name or f"Product {params.product_id}",
-                settings={})
+        _upsert(Product, params.product_id, dict(name=params.product_name or f"Product {params.product_id}",
+                                                 settings={}), None)
+        product = db.session.get(Product, params.product_id)
     elif params.product_name and product.name != params.product_name:
         product.name = params.product_name
-        db.session.commit()
     upsert_server(params.server)
     service = db.session.get(Service, params.service_id)
     password = params.password
     sealed = service.password if service is not None and service.password and \
         unseal(service.password) == password else seal(password)
-    return _upsert(Service, params.service_id, client_id=params.client_id, product_id=params.product_id,
-                   server_id=params.server.id, domain=params.domain, username=params.username,
-                   password=sealed, status=params.status, configoptions=params.configoptions,
-                   customfields=params.customfields)
+    _upsert(Service, params.service_id, dict(
+        client_id=params.client_id, product_id=params.product_id, server_id=params.server.id, domain=params.domain,
+        username=params.username, password=sealed, status=params.status, configoptions=params.configoptions,
+        customfields=params.customfields), service)
+    return product
 
 
-def render_vm_name(settings: ProductSettings, service: Service) -> str:
+def upsert_account(params: AccountParams) -> Service:
+    """store_account, committed (before an operation that talks to Proxmox or waits), and the service."""
+    store_account(params)
+    db.session.commit()
+    return db.session.get(Service, params.service_id)
+
+
+def render_vm_name(settings: ProductSettings, client_id: int, service_id: int) -> str:
     """The VM's name from the product's rule: {prefix}, {client_id}, {service_id}, {timestamp},
     {random} (10 digits) or {random:N}; made a valid host name label."""
     def random_digits(match: re.Match) -> str:
@@ -245,10 +253,10 @@ def render_vm_name(settings: ProductSettings, service: Service) -> str:
         return "".join(secrets.choice("0123456789") for _ in range(max(1, min(count, 32))))
     name = settings.vm_name_rule or "{prefix}-{client_id}-{service_id}"
     name = re.sub(r"\{random(?::(\d+))?\}", random_digits, name)
-    name = name.replace("{prefix}", settings.vm_name_prefix).replace("{client_id}", str(service.client_id)) \
-        .replace("{service_id}", str(service.id)).replace("{timestamp}", str(int(time.time())))
+    name = name.replace("{prefix}", settings.vm_name_prefix).replace("{client_id}", str(client_id)) \
+        .replace("{service_id}", str(service_id)).replace("{timestamp}", str(int(time.time())))
     name = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-")
-    return name or f"vm-{service.id}"
+    return name or f"vm-{service_id}"
 
 
 class AccountError(Exception):
@@ -257,7 +265,6 @@ class AccountError(Exception):
 
 def package_of(service: Service):
     """The service's package; a configurable option that cannot be read is an error for the admin."""
-    from .products import PackageError
     try:
         return resolve_package(service.product.settings, service.configoptions)
     except PackageError as exc:
@@ -275,33 +282,32 @@ def product_problems(settings: ProductSettings) -> list[str]:
 
 
 def create_account(params: AccountParams) -> tuple[VM, bool]:
-    """Record the VM with status ``creation`` and queue its deploy. Returns (vm, queued): a service that is
-    already deploying or running is left as it is."""
-    service = upsert_account(params)
-    package = package_of(service)
+    """Record the VM with status ``creation``, in the current transaction: the caller commits, then queues
+    the deploy when told to. Returns (vm, queued): a service that is already deploying or running is left
+    as it is."""
+    product = store_account(params)
+    try:
+        package = resolve_package(product.settings, params.configoptions)
+    except PackageError as exc:
+        raise AccountError(str(exc)) from None
     problems = product_problems(package.settings)
     if problems:
         raise AccountError("; ".join(problems))
-    vm = db.session.get(VM, service.id)
+    vm = db.session.get(VM, params.service_id)
     if vm is not None and vm.status == "error_terminate":
         raise AccountError("this service's previous VM failed to terminate and may still exist on Proxmox; "
                            "resolve it in VM Management first")
     if vm is not None and vm.status != "remove":
         return vm, False
-    name = render_vm_name(package.settings, service)
+    name = render_vm_name(package.settings, params.client_id, params.service_id)
+    server_id = params.server.id
     if vm is None:
-        vm = VM(service_id=service.id, server_id=service.server_id, status="creation", name=name, rev_dns={})
+        vm = VM(service_id=params.service_id, server_id=server_id, status="creation", name=name, rev_dns={})
         db.session.add(vm)
     else:  # a terminated service ordered again: a fresh deploy
-        vm.server_id, vm.status, vm.name, vm.vmid, vm.node, vm.mac = service.server_id, "creation", name, None, "", ""
+        vm.server_id, vm.status, vm.name, vm.vmid, vm.node, vm.mac = server_id, "creation", name, None, "", ""
         vm.rev_dns, vm.task_upid, vm.task_status, vm.next_run_at = {}, None, None, None
         vm.last_error_action = vm.last_error_message = vm.last_error_at = None
-    try:
-        db.session.commit()
-    except IntegrityError:  # the same CreateAccount arriving twice at once
-        db.session.rollback()
-        return db.session.get(VM, service.id), False
-    work_queue.enqueue_vm(service.id)
     return vm, True
 
 
@@ -314,12 +320,13 @@ def mask(payload: Any) -> Any:
     return payload
 
 
-def log_call(action: str, service_id: int | None, request: Any, response: Any) -> None:
+def log_call(action: str, service_id: int | None, request: Any, response: Any, commit: bool = True) -> None:
     import json
     db.session.add(ModuleLog(action=action, service_id=service_id,
                              request=json.dumps(mask(request), default=str)[:65000],
                              response=json.dumps(response, default=str)[:65000]))
-    db.session.commit()
+    if commit:
+        db.session.commit()
 
 
 # ----------------------------------------------------------------------------- after the deploy

@@ -5,6 +5,7 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from sqlalchemy import MetaData
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -38,3 +39,22 @@ def is_transient(exc: Exception) -> bool:
     if args and args[0] in (1213, 1205):
         return True
     return "database is locked" in str(orig or exc)
+
+
+def insert_missing(model, **values) -> bool:
+    """INSERT one row unless a row with its primary key exists, in the session's transaction, as a single
+    statement that is safe against a concurrent insert of the same key (which then wins). True if inserted.
+    """
+    table = model.__table__
+    dialect = db.session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table).values(**values) \
+            .on_conflict_do_nothing()
+    elif dialect in ("mysql", "mariadb"):
+        # Not INSERT IGNORE, which would also turn other errors (a value too long) into warnings.
+        stmt = mysql.insert(table).values(**values)
+        key = table.primary_key.columns.values()[0].name
+        stmt = stmt.on_duplicate_key_update({key: stmt.inserted[key]})
+    else:  # pragma: no cover - the three supported databases are above
+        raise NotImplementedError(dialect)
+    return db.session.execute(stmt).rowcount == 1

@@ -153,6 +153,35 @@ def test_replayed_call_is_refused(bridge, app, client):
     assert db.session.scalar(select(func.count()).select_from(BridgeNonce)) == 1
 
 
+def test_refused_and_malformed_calls_cannot_be_replayed_either(bridge, app, client):
+    """The nonce of a 400 or of a call that failed inside is kept, though nothing else of the call is."""
+    configure_product()
+    for raw in (b"[1,2,3]", json.dumps(params(serviceid="abc")).encode()):
+        headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", raw)
+        assert client.post("/bridge/v1/module/CreateAccount", data=raw, headers=headers).status_code == 400
+        again = client.post("/bridge/v1/module/CreateAccount", data=raw, headers=headers)
+        assert again.status_code == 401 and "replayed" in again.get_json()["message"]
+
+
+def test_create_account_writes_nothing_when_it_fails_midway(bridge, app, client, monkeypatch):
+    """One transaction: a failure after the client and service rows were written leaves none of them."""
+    from core import accounts
+    configure_product()
+    before = counts()
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(accounts, "render_vm_name", broken)
+    body = json.dumps(params()).encode()
+    headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+    answer = client.post("/bridge/v1/module/CreateAccount", data=body, headers=headers)
+    assert answer.status_code == 500 and "traceback" not in answer.get_data(as_text=True).lower()
+    db.session.expire_all()
+    assert counts() == before
+    again = client.post("/bridge/v1/module/CreateAccount", data=body, headers=headers)
+    assert again.status_code == 401 and "replayed" in again.get_json()["message"]
+
+
 def test_short_nonce_is_refused(bridge, app):
     configure_product()
     before = counts()
