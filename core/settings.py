@@ -5,8 +5,12 @@ sealed at rest and never returned by ``public()``.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
+
+from sqlalchemy import select
 
 from flask_babel import lazy_gettext as _l
 
@@ -109,12 +113,32 @@ def coerce(key: str, value: Any) -> Any:
     return value
 
 
+# The stored values read once for a stretch of work (a VM's pipeline pass), in this thread only.
+_snapshot: ContextVar[dict[str, Any] | None] = ContextVar("pkvm_settings_snapshot", default=None)
+
+
+@contextmanager
+def snapshot() -> Iterator[None]:
+    """Within the block, get() answers from the values as they were when it began (one query instead of
+    one per call); a change saved meanwhile applies to the next block."""
+    token = _snapshot.set({row.key: row.value for row in db.session.scalars(select(Setting))})
+    try:
+        yield
+    finally:
+        _snapshot.reset(token)
+
+
 def get(key: str) -> Any:
     spec = SPECS[key]
-    row = db.session.get(Setting, key)
-    if row is None or row.value is None:
+    stored = _snapshot.get()
+    if stored is not None:
+        value = stored.get(key)
+    else:
+        row = db.session.get(Setting, key)
+        value = None if row is None else row.value
+    if value is None:
         return spec.default
-    return unseal(row.value) if spec.secret else row.value
+    return unseal(value) if spec.secret else value
 
 
 def update(values: dict[str, Any]) -> None:

@@ -197,18 +197,22 @@ class StepContext:
         while True:
             finished, error = task_outcome(self.pve().task_status(vm.task_upid))
             if finished:
-                self.forget_task()
                 if error:
+                    self.forget_task()
                     raise StepFailed(error if error.lower().startswith(what) else f"{what} failed: {error}")
+                # Committed with the step's new status. Should anything later in the step fail instead, the
+                # next attempt finds this finished task again and goes on from it.
+                self.forget_task(commit=False)
                 return Done()
             if self.clock.monotonic() >= deadline:
                 return Wait(f"{what} still running")
             self.clock.sleep(self.poll_seconds)
 
-    def forget_task(self) -> None:
+    def forget_task(self, commit: bool = True) -> None:
         vm = self.vm
         vm.task_upid = vm.task_status = vm.task_started_at = None
-        self.commit()
+        if commit:
+            self.commit()
 
     def pool_of_main_address(self, family: int) -> IPPool | None:
         for address in ipam.assigned(self.service.id):
@@ -255,10 +259,15 @@ def retry_delay() -> float:
     return max(settings.get("interval_processVirtualMachines") * 60 - 10, 5)
 
 
+# A lease outlasts the longest step (its wait plus two API calls at the heavy timeout) by this much; a pass
+# renews it once this much has gone, so a step never starts on a lease that could run out under it.
+LEASE_SLACK = 60
+
+
 def lease_seconds(max_wait: float | None) -> float:
     heavy = settings.get("api_heavy_timeout")
     longest = max_wait if max_wait is not None else max(settings.get("migration_timeout"), heavy)
-    return longest + 2 * heavy + 60
+    return longest + 2 * heavy + LEASE_SLACK
 
 
 def _save_run(vm: VM, pipeline: Pipeline, source: str, result: str, error: str | None, steps: list[dict],
@@ -276,12 +285,23 @@ def _save_run(vm: VM, pipeline: Pipeline, source: str, result: str, error: str |
 def run_vm(service_id: int, out: Output, clock: Clock | None = None, max_wait: float | None = None,
            owner: str | None = None) -> RunResult:
     """Advance one VM through its pipeline as far as it can go in this pass."""
-    clock = clock or out.clock
-    owner = owner or f"run-{secrets.token_hex(6)}"
+    with settings.snapshot():
+        return _run_vm(service_id, out, clock or out.clock, max_wait, owner or f"run-{secrets.token_hex(6)}")
+
+
+def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, owner: str) -> RunResult:
     result = RunResult(service_id)
-    if not claim(service_id, owner, lease_seconds(max_wait), clock):
+    lease = lease_seconds(max_wait)
+    if not claim(service_id, owner, lease, clock):
         result.result = "busy"
         return result
+    claimed = [clock.monotonic()]
+
+    def renew() -> None:
+        """A long pass keeps its lease (checked between steps)."""
+        if clock.monotonic() - claimed[0] >= LEASE_SLACK:
+            claim(service_id, owner, lease, clock)
+            claimed[0] = clock.monotonic()
     # While a VM holds our lease nobody else writes its rows, so what this pass committed stays what it
     # read: no reloading the VM, service, product and server after every commit of every step.
     session = db.session()
@@ -294,8 +314,7 @@ def run_vm(service_id: int, out: Output, clock: Clock | None = None, max_wait: f
             if pipeline is None:
                 break
             result.action = pipeline.action
-            _run_pipeline(vm, pipeline, out, clock, max_wait, result,
-                          renew=lambda: claim(service_id, owner, lease_seconds(max_wait), clock))
+            _run_pipeline(vm, pipeline, out, clock, max_wait, result, renew=renew)
             if result.result != "success":
                 break
             following = pipeline_for(vm.status)
@@ -310,7 +329,7 @@ def run_vm(service_id: int, out: Output, clock: Clock | None = None, max_wait: f
 
 
 def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wait: float | None,
-                  result: RunResult, renew: Callable[[], bool] = lambda: True) -> None:
+                  result: RunResult, renew: Callable[[], None] = lambda: None) -> None:
     ctx = StepContext(vm, out, clock, max_wait)
     source, started, steps = vm.status, clock.now(), []
     out.line(f"--- {pipeline.name}: service={vm.service_id} vm={vm.vmid or '-'} status={vm.status} ---")
@@ -362,7 +381,7 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         label = f"{step.label} ({done.note})" if done.note else step.label
         vm.status = step.target
         ctx.commit()
-        renew()  # a long pass keeps its lease: the next step may wait on Proxmox again
+        renew()
         out.line(_fmt_step("+", number, label, "success", step.source, step.target, seconds))
         entry.update(to=step.target, result=f"skip ({done.note})" if done.note.startswith("skip") else "success",
                      note=done.note)

@@ -413,3 +413,29 @@ def test_redeploy_destroys_the_vm_and_deploys_it_again(app, bridge, cluster, clo
     runs = db.session.scalars(select(VMRun).where(VMRun.service_id == 98).order_by(VMRun.id)).all()
     assert [r.action for r in runs] == ["redeploy", "deploy"]
     assert [a.address for a in ipam.assigned(98)][0] == "192.0.2.10"
+
+
+def test_a_long_pass_keeps_its_lease_and_never_runs_on_an_expired_one(app, bridge, cluster, clock):
+    """Each step here takes 25 (fake) seconds: the lease is renewed between steps once LEASE_SLACK has gone,
+    so it always outlasts the longest step that could start next."""
+    from sqlalchemy import select as sql_select
+
+    import jobs.pipeline
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 97))
+    seen: list[tuple] = []
+
+    def slow_line(text: str) -> None:
+        if text.startswith("[+]"):
+            until = db.session.execute(sql_select(VM.lease_until).where(VM.service_id == 97)).scalar_one()
+            seen.append((clock.now(), until))
+            clock.advance(25)
+    result = run_vm(97, Output(slow_line, clock), clock)
+    assert result.result == "success" and len(seen) == 15
+    renewals = sorted({until for _now, until in seen})
+    assert len(renewals) > 2  # renewed along the way, not after every step
+    longest_step = jobs.pipeline.lease_seconds(None) - jobs.pipeline.LEASE_SLACK
+    assert all((until - now).total_seconds() >= longest_step for now, until in seen)
+    vm = db.session.get(VM, 97)
+    db.session.refresh(vm)
+    assert vm.lease_owner is None and vm.status == "ready"
