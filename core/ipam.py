@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .extensions import db
@@ -78,74 +78,72 @@ class Allocation:
     pool: IPPool | None
 
 
-def _claim_handed_back(server_id: int, family: int, service_id: int, position: int,
-                       pool: IPPool | None) -> IPAddress | None:
-    """Take the lowest handed-back address of a pool (or of the legacy list when pool is None)."""
-    if pool is not None:
-        # Only the pool's columns: the (pool_id, service_id, key) index then answers it on every backend
-        # (with server_id too, SQLite's planner picks the unique (server_id, key) index and scans).
-        first, last, gateway = pool_bounds(pool)
-        query = select(IPAddress.id).where(IPAddress.pool_id == pool.id, IPAddress.service_id.is_(None),
-                                           IPAddress.key >= _key_of_int(family, first),
-                                           IPAddress.key <= _key_of_int(family, last))
-        if gateway is not None:
-            query = query.where(IPAddress.key != _key_of_int(family, gateway))
-    else:
-        query = select(IPAddress.id).where(IPAddress.pool_id.is_(None), IPAddress.service_id.is_(None),
-                                           IPAddress.server_id == server_id, IPAddress.family == family)
-    for _ in range(20):
-        row_id = db.session.scalar(query.order_by(IPAddress.key).limit(1))
-        if row_id is None:
-            return None
-        taken = db.session.execute(
-            update(IPAddress).where(IPAddress.id == row_id, IPAddress.service_id.is_(None))
-            .values(service_id=service_id, position=position, allocated_at=utcnow()))
-        db.session.commit()
-        if taken.rowcount == 1:
-            return db.session.get(IPAddress, row_id)
-    return None
+# Built once: composing these statements cost more CPU than the database spent running them.
+_A, _P = IPAddress.__table__, IPPool.__table__
+_LOWEST_HANDED_BACK = (
+    # Only the pool's columns: the (pool_id, service_id, key) index answers it on every backend (with
+    # server_id too, SQLite's planner picks the unique (server_id, key) index and scans). Keys are never
+    # empty, so a pool without a gateway passes "".
+    select(_A.c.id).where(_A.c.pool_id == _P.c.id, _A.c.service_id.is_(None), _A.c.key >= bindparam("lo"),
+                          _A.c.key <= bindparam("hi"), _A.c.key != bindparam("gateway"))
+    .order_by(_A.c.key).limit(1).scalar_subquery())
+_POOL_STATE = select(_P.c.cursor, _LOWEST_HANDED_BACK).where(_P.c.id == bindparam("pool"))
+_POOL_STATE_LOCKED = _POOL_STATE.with_for_update()
+# (An UPDATE's parameters whose names are columns become SET values: these use other names.)
+_TOUCH_POOL = update(_P).where(_P.c.id == bindparam("pool")).values(cursor=_P.c.cursor)
+_KEYS_FROM = (select(_A.c.key).where(_A.c.server_id == bindparam("server"), _A.c.family == bindparam("family"),
+                                     _A.c.key >= bindparam("lo"), _A.c.key <= bindparam("hi"))
+              .order_by(_A.c.key).limit(bindparam("batch")))
+_HIGHEST_KEY = select(func.max(_A.c.key)).where(_A.c.server_id == bindparam("server"),
+                                                _A.c.family == bindparam("family"),
+                                                _A.c.key >= bindparam("lo"), _A.c.key <= bindparam("hi"))
+_TAKE = (update(_A).where(_A.c.id == bindparam("row"), _A.c.service_id.is_(None))
+         .values(service_id=bindparam("to_service"), position=bindparam("at_position"),
+                 allocated_at=bindparam("at_time")))
+_MOVE_CURSOR = update(_P).where(_P.c.id == bindparam("pool")).values(cursor=bindparam("new_cursor"))
+_INSERT = _A.insert()
+_HELD = (select(_A.c.pool_id).where(_A.c.service_id == bindparam("service"), _A.c.family == bindparam("family"))
+         .order_by(_A.c.position, _A.c.key))
+_POOLS = (select(_P.c.id, _P.c.server_id, _P.c.family, _P.c.first, _P.c.last, _P.c.gateway)
+          .where(_P.c.server_id == bindparam("server"), _P.c.family == bindparam("family")).order_by(_P.c.id))
+_LEGACY_HANDED_BACK = (select(_A.c.id).where(_A.c.pool_id.is_(None), _A.c.service_id.is_(None),
+                                             _A.c.server_id == bindparam("server"), _A.c.family == bindparam("family"))
+                       .order_by(_A.c.key).limit(1))
 
 
-def _insert(server_id: int, family: int, value: int, service_id: int, position: int,
-            pool: IPPool | None) -> IPAddress | None:
-    """Insert the address (and move the pool's cursor past it) in one transaction; None if taken."""
-    row = IPAddress(server_id=server_id, pool_id=pool.id if pool else None, family=family,
-                    address=str(_from_int(family, value)), key=_key_of_int(family, value),
-                    service_id=service_id, position=position, allocated_at=utcnow())
-    db.session.add(row)
-    try:
-        if pool is not None:  # (flushes the insert first: a taken address fails right here)
-            db.session.execute(update(IPPool).where(IPPool.id == pool.id)
-                               .values(cursor=_key_of_int(family, value + 1)))
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        return None
-    return row
+def _lock_pool(pool, lo: str, hi: str, gateway: str) -> tuple[str | None, int | None]:
+    """Take the pool's lock for this transaction, so that allocations from one pool queue up instead of
+    racing for the same address; (its cursor, its lowest handed-back address) as seen under the lock."""
+    values = {"pool": pool.id, "lo": lo, "hi": hi, "gateway": gateway}
+    if db.session.get_bind().dialect.name == "sqlite":
+        db.session.execute(_TOUCH_POOL, {"pool": pool.id})  # the database's write lock (no row locks)
+        return tuple(db.session.execute(_POOL_STATE, values).one())
+    return tuple(db.session.execute(_POOL_STATE_LOCKED, values).one())
 
 
-def _claim_fresh(pool: IPPool, service_id: int, position: int) -> IPAddress | None:
-    """Insert the first never-used address of the pool at or after its cursor (wrapping once)."""
-    family = pool.family
-    first, last, gateway = pool_bounds(pool)
-    if pool.cursor:
-        start = max(first, int(pool.cursor, 16))
-    else:  # no cursor yet (an imported or edited pool): start past the highest address in use
-        highest = db.session.scalar(select(func.max(IPAddress.key)).where(
-            IPAddress.server_id == pool.server_id, IPAddress.family == family,
-            IPAddress.key >= _key_of_int(family, first), IPAddress.key <= _key_of_int(family, last)))
-        start = max(first, int(highest, 16) + 1) if highest else first
+def _take(row_id: int, service_id: int, position: int) -> bool:
+    return db.session.execute(_TAKE, {"row": row_id, "to_service": service_id, "at_position": position,
+                                      "at_time": utcnow()}).rowcount == 1
+
+
+def _insert(server_id: int, family: int, value: int, service_id: int, position: int, pool_id: int | None) -> None:
+    db.session.execute(_INSERT, {
+        "server_id": server_id, "pool_id": pool_id, "family": family, "address": str(_from_int(family, value)),
+        "key": _key_of_int(family, value), "service_id": service_id, "position": position,
+        "allocated_at": utcnow()})
+
+
+def _first_unused(server_id: int, family: int, start: int, first: int, last: int, gateway: int | None) -> int | None:
+    """The lowest address in [start, last] (then, wrapping once, from first) that has no row."""
     for begin in ((start, first) if start > first else (first,)):
         candidate, batch = begin, 64
         while candidate <= last:
             if candidate == gateway:
                 candidate += 1
                 continue
-            taken = db.session.scalars(
-                select(IPAddress.key).where(IPAddress.server_id == pool.server_id, IPAddress.family == family,
-                                            IPAddress.key >= _key_of_int(family, candidate),
-                                            IPAddress.key <= _key_of_int(family, last))
-                .order_by(IPAddress.key).limit(batch)).all()
+            taken = db.session.scalars(_KEYS_FROM, {
+                "server": server_id, "family": family, "lo": _key_of_int(family, candidate),
+                "hi": _key_of_int(family, last), "batch": batch}).all()
             gap = False
             for key in taken:
                 value = int(key, 16)
@@ -161,13 +159,41 @@ def _claim_fresh(pool: IPPool, service_id: int, position: int) -> IPAddress | No
                 continue
             if candidate == gateway:
                 candidate += 1
-            if candidate > last:
-                break
-            row = _insert(pool.server_id, family, candidate, service_id, position, pool)
-            if row is not None:
-                return row
-            candidate += 1  # someone else took it a moment ago
+            if candidate <= last:
+                return candidate
     return None
+
+
+def _claim_from_pool(pool, service_id: int, position: int) -> bool:
+    """Give the service one address of the pool (a row with its id, server_id, family, first, last and
+    gateway), in one transaction under the pool's lock: the lowest handed-back address, else the first
+    never-used one at or after the cursor (wrapping once)."""
+    family = pool.family
+    first, last, gateway = pool_bounds(pool)
+    lo, hi = _key_of_int(family, first), _key_of_int(family, last)
+    for _ in range(5):
+        try:
+            cursor, handed_back = _lock_pool(pool, lo, hi, _key_of_int(family, gateway) if gateway else "")
+            if handed_back is not None and _take(handed_back, service_id, position):
+                db.session.commit()
+                return True
+            if cursor:
+                start = max(first, int(cursor, 16))
+            else:  # no cursor yet (an imported or edited pool): start past the highest address in use
+                highest = db.session.scalar(_HIGHEST_KEY, {"server": pool.server_id, "family": family,
+                                                           "lo": lo, "hi": hi})
+                start = max(first, int(highest, 16) + 1) if highest else first
+            value = _first_unused(pool.server_id, family, start, first, last, gateway)
+            if value is None:
+                db.session.rollback()
+                return False
+            _insert(pool.server_id, family, value, service_id, position, pool.id)
+            db.session.execute(_MOVE_CURSOR, {"pool": pool.id, "new_cursor": _key_of_int(family, value + 1)})
+            db.session.commit()
+            return True
+        except IntegrityError:  # the address was taken outside this pool's lock (an overlapping list)
+            db.session.rollback()
+    return False
 
 
 def _legacy_addresses(server: Server, family: int) -> list[IPAddr]:
@@ -185,27 +211,31 @@ def _legacy_addresses(server: Server, family: int) -> list[IPAddr]:
     return out
 
 
-def _claim_legacy(server: Server, family: int, service_id: int, position: int) -> IPAddress | None:
-    row = _claim_handed_back(server.id, family, service_id, position, None)
-    if row is not None:
-        return row
+def _claim_legacy(server: Server, family: int, service_id: int, position: int) -> bool:
+    """An address of the server's legacy list: a handed-back one first, then one never used."""
+    for _ in range(20):
+        row_id = db.session.scalar(_LEGACY_HANDED_BACK, {"server": server.id, "family": family})
+        if row_id is None:
+            break
+        taken = _take(row_id, service_id, position)
+        db.session.commit()
+        if taken:
+            return True
     listed = _legacy_addresses(server, family)
     if not listed:
-        return None
+        return False
     known = set(db.session.scalars(select(IPAddress.key).where(
         IPAddress.server_id == server.id, IPAddress.key.in_([address_key(a) for a in listed]))))
     for addr in listed:
         if address_key(addr) in known:
             continue
-        row = _insert(server.id, family, int(addr), service_id, position, None)
-        if row is not None:
-            return row
-    return None
-
-
-def pools_of(server_id: int, family: int) -> list[IPPool]:
-    return list(db.session.scalars(select(IPPool).where(IPPool.server_id == server_id, IPPool.family == family)
-                                   .order_by(IPPool.id)))
+        try:
+            _insert(server.id, family, int(addr), service_id, position, None)
+            db.session.commit()
+            return True
+        except IntegrityError:  # someone else took it a moment ago
+            db.session.rollback()
+    return False
 
 
 def assigned(service_id: int) -> list[IPAddress]:
@@ -220,27 +250,21 @@ def allocate(server: Server, family: int, service_id: int, count: int) -> list[I
     Tops up what the service already holds (so a retried step never takes more), pools first (the pool of
     the service's main address first, so its addresses share a gateway), then the server's legacy list.
     Raises NoFreeAddress when not enough are free; what was taken stays with the service for the retry."""
-    held = [a for a in assigned(service_id) if a.family == family]
-    if len(held) >= count:
-        return held[:count]
-    pools = pools_of(server.id, family)
-    if held and held[0].pool_id is not None:
-        pools.sort(key=lambda p: p.id != held[0].pool_id)
-    while len(held) < count:
-        position = len(held)
-        row = None
-        for pool in pools:
-            row = _claim_handed_back(server.id, family, service_id, position, pool) \
-                or _claim_fresh(pool, service_id, position)
-            if row is not None:
-                break
-        if row is None:
-            row = _claim_legacy(server, family, service_id, position)
-        if row is None:
+    held = db.session.scalars(_HELD, {"service": service_id, "family": family}).all()  # their pool ids
+    if len(held) < count:
+        pools = db.session.execute(_POOLS, {"server": server.id, "family": family}).all()
+        if held and held[0] is not None:
+            pools.sort(key=lambda p: p.id != held[0])
+        _top_up(server, family, service_id, len(held), count, pools)
+    return [a for a in assigned(service_id) if a.family == family][:count]
+
+
+def _top_up(server: Server, family: int, service_id: int, held: int, count: int, pools: list) -> None:
+    for position in range(held, count):
+        if not any(_claim_from_pool(pool, service_id, position) for pool in pools) and \
+                not _claim_legacy(server, family, service_id, position):
             raise NoFreeAddress(f"No free IPv{family} address in the pools or the assigned IP list of "
                                 f"server {server.name or server.id}")
-        held.append(row)
-    return held
 
 
 def release(service_id: int, family: int | None = None, keep: int = 0) -> int:
