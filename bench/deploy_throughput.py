@@ -527,6 +527,12 @@ def main(argv=None) -> int:
     print(table(["step", "runs", "waiting", "CPU mean ms", "p50 ms", "p95 ms", "max ms", "> 5 ms", "wall mean s"],
                 step_rows, title=f"Orchestration CPU per step, {args.worker_class} workers (RunResult.step_cpu: our "
                                  "process's CPU inside the step; target < 5 ms)"))
+    for m in series:  # the same CPU, per measurement: more workers than cores make every step dearer
+        _rows, one = step_stats([m])
+        if one:
+            print(f"  {m.label}: all steps CPU mean {mean(one) * 1000:.2f} ms, p50 {percentile(one, 50) * 1000:.2f} ms,"
+                  f" p95 {percentile(one, 95) * 1000:.2f} ms ({len(one)} step runs, {m.workers} worker(s) on "
+                  f"{os.cpu_count()} CPUs)")
     fork_every: list[float] = []
     if forked:
         _rows, fork_every = step_stats(forked)

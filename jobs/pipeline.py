@@ -194,6 +194,9 @@ class StepContext:
             vm.task_upid, vm.task_status, vm.task_started_at = upid, vm.status, self.clock.now()
             self.commit()
         deadline = self.clock.monotonic() + self.budget(natural_wait)
+        # Polled at once, then at growing intervals (TASK_POLL_SECONDS doubling up to four times it) and
+        # once more at the deadline: a long clone costs a few calls per pass, a short task is seen at once.
+        interval = self.poll_seconds
         while True:
             finished, error = task_outcome(self.pve().task_status(vm.task_upid))
             if finished:
@@ -204,9 +207,11 @@ class StepContext:
                 # next attempt finds this finished task again and goes on from it.
                 self.forget_task(commit=False)
                 return Done()
-            if self.clock.monotonic() >= deadline:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
                 return Wait(f"{what} still running")
-            self.clock.sleep(self.poll_seconds)
+            self.clock.sleep(min(interval, left))
+            interval = min(interval * 2, self.poll_seconds * 4)
 
     def forget_task(self, commit: bool = True) -> None:
         vm = self.vm

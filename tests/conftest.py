@@ -335,6 +335,16 @@ def hold_migrations(pve) -> threading.Event:
     return released
 
 
+def finish_migrations(pve, released: threading.Event, timeout: float = 10) -> None:
+    """Let the held migrations end, and wait until Proxmox reports them stopped."""
+    import time
+    released.set()
+    deadline = time.monotonic() + timeout
+    while any(t["type"] == "qmigrate" and t["status"] == "running" for t in list(pve.tasks.values())):
+        assert time.monotonic() < deadline, "a migration did not finish"
+        time.sleep(0.01)
+
+
 def register_cluster(cluster: ServedCluster, server_id: int = 1, pools: bool = True, **product) -> None:
     """Store the served cluster as a server with IPv4/IPv6 pools and product 1, as the panel would."""
     from pathlib import Path

@@ -14,7 +14,7 @@ from core.extensions import db
 from core.models import VM, VMRun
 from jobs.cron import run_tick
 from jobs.pipeline import Output, run_vm
-from tests.conftest import account_params, hold_migrations, register_cluster
+from tests.conftest import account_params, finish_migrations, hold_migrations, register_cluster
 
 FULL_PRODUCT = dict(cpu_cores=2, cpu_sockets=1, ram_mb=2048, system_disk_storage="local-lvm", system_disk_gb=20,
                     system_disk_mbps_rd=200, system_disk_mbps_wr=100, system_disk_iops_rd=4000,
@@ -439,3 +439,23 @@ def test_a_long_pass_keeps_its_lease_and_never_runs_on_an_expired_one(app, bridg
     vm = db.session.get(VM, 97)
     db.session.refresh(vm)
     assert vm.lease_owner is None and vm.status == "ready"
+
+
+@pytest.mark.time_scale(0.001)
+def test_a_running_task_is_polled_at_growing_intervals_until_the_budget_ends(app, bridge, cluster, clock):
+    """TASK_POLL_SECONDS is 1 here and the migration budget 20 s: polls at 0, 1, 3, 7, 11, 15 and 19 s, then
+    once more at the deadline (8 calls, not 21); the next tick polls the same task again."""
+    register_cluster(cluster)
+    settings.update({"migration_timeout": 20})
+    migration_done = hold_migrations(cluster.pve)
+    bridge.call("CreateAccount", account_params(cluster, 98))
+    began = clock.monotonic()
+    lines: list[str] = []
+    tick(clock, lines)
+    vm = db.session.get(VM, 98)
+    db.session.refresh(vm)
+    assert vm.status == "clone" and ":qmigrate:" in (vm.task_upid or ""), "\n".join(lines)
+    polls = [r for r in cluster.pve.requests if r[0] == "GET" and r[1].endswith(f"/tasks/{vm.task_upid}/status")]
+    assert len(polls) == 8
+    assert clock.monotonic() - began >= 20
+    finish_migrations(cluster.pve, migration_done)
