@@ -102,10 +102,10 @@ _TAKE = (update(_A).where(_A.c.id == bindparam("row"), _A.c.service_id.is_(None)
                  allocated_at=bindparam("at_time")))
 _MOVE_CURSOR = update(_P).where(_P.c.id == bindparam("pool")).values(cursor=bindparam("new_cursor"))
 _INSERT = _A.insert()
-_HELD = (select(_A.c.pool_id).where(_A.c.service_id == bindparam("service"), _A.c.family == bindparam("family"))
-         .order_by(_A.c.position, _A.c.key))
+_HELD = (select(_A.c.family, _A.c.pool_id).where(_A.c.service_id == bindparam("service"))
+         .order_by(_A.c.family, _A.c.position, _A.c.key))
 _POOLS = (select(_P.c.id, _P.c.server_id, _P.c.family, _P.c.first, _P.c.last, _P.c.gateway)
-          .where(_P.c.server_id == bindparam("server"), _P.c.family == bindparam("family")).order_by(_P.c.id))
+          .where(_P.c.server_id == bindparam("server")).order_by(_P.c.id))
 _LEGACY_HANDED_BACK = (select(_A.c.id).where(_A.c.pool_id.is_(None), _A.c.service_id.is_(None),
                                              _A.c.server_id == bindparam("server"), _A.c.family == bindparam("family"))
                        .order_by(_A.c.key).limit(1))
@@ -250,13 +250,33 @@ def allocate(server: Server, family: int, service_id: int, count: int) -> list[I
     Tops up what the service already holds (so a retried step never takes more), pools first (the pool of
     the service's main address first, so its addresses share a gateway), then the server's legacy list.
     Raises NoFreeAddress when not enough are free; what was taken stays with the service for the retry."""
-    held = db.session.scalars(_HELD, {"service": service_id, "family": family}).all()  # their pool ids
-    if len(held) < count:
-        pools = db.session.execute(_POOLS, {"server": server.id, "family": family}).all()
-        if held and held[0] is not None:
-            pools.sort(key=lambda p: p.id != held[0])
-        _top_up(server, family, service_id, len(held), count, pools)
-    return [a for a in assigned(service_id) if a.family == family][:count]
+    return [a for a in allocate_all(server, service_id, {family: count}) if a.family == family]
+
+
+def allocate_all(server: Server, service_id: int, wanted: dict[int, int]) -> list[IPAddress]:
+    """allocate() for several families at once ({4: 1, 6: 1}); returns all of the service's addresses of
+    those families, each family's first ``count``, IPv4 first."""
+    held: dict[int, list] = {family: [] for family in wanted}
+    for family, pool_id in db.session.execute(_HELD, {"service": service_id}):  # pool ids, main address first
+        if family in held:
+            held[family].append(pool_id)
+    short = [family for family, count in wanted.items() if len(held[family]) < count]
+    if short:
+        pools: dict[int, list] = {family: [] for family in short}
+        for pool in db.session.execute(_POOLS, {"server": server.id}):
+            if pool.family in pools:
+                pools[pool.family].append(pool)
+        for family in short:
+            main_pool = held[family][0] if held[family] else None
+            if main_pool is not None:
+                pools[family].sort(key=lambda p: p.id != main_pool)
+            _top_up(server, family, service_id, len(held[family]), wanted[family], pools[family])
+    out, counts = [], dict.fromkeys(wanted, 0)
+    for address in assigned(service_id):
+        if address.family in counts and counts[address.family] < wanted[address.family]:
+            counts[address.family] += 1
+            out.append(address)
+    return out
 
 
 def _top_up(server: Server, family: int, service_id: int, held: int, count: int, pools: list) -> None:

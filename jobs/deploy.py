@@ -99,11 +99,10 @@ def allocate_ip(ctx: StepContext) -> StepResult:
         return Done("skip - DHCP")
     if not pkg.ipv4_count and not pkg.ipv6_count:
         return Done("skip - no addresses in package")
-    got = []
     try:
-        for family, count in ((4, pkg.ipv4_count), (6, pkg.ipv6_count)):
-            if count:
-                got += ipam.allocate(ctx.server, family, ctx.service.id, count)
+        got = ipam.allocate_all(ctx.server, ctx.service.id,
+                                {family: count for family, count in ((4, pkg.ipv4_count), (6, pkg.ipv6_count))
+                                 if count})
     except ipam.NoFreeAddress as exc:
         raise StepFailed(str(exc)) from None
     fqdn = vm_fqdn(ctx)
