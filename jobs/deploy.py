@@ -211,6 +211,9 @@ def migrate(ctx: StepContext) -> StepResult:
         if found is None:
             raise StepFailed(f"VM {vm.vmid} is not on the cluster")
         vm.node = found["node"]
+        if found.get("lock") == "migrate":  # started by an earlier pass whose answer was lost
+            ctx.commit()
+            return Wait("migration in progress")
         choice = choose_target_node(pve, pkg.system_disk_storage, pkg.target_node)
         if choice.node is None:
             ctx.commit()
@@ -232,6 +235,8 @@ def migrate(ctx: StepContext) -> StepResult:
     except StepFailed as exc:
         return Done(f"{exc}; staying on {source}")
     except ProxmoxError as exc:
+        if not exc.status:  # no answer: the migration may have started, so look again next time
+            raise
         return Done(f"migration refused: {exc.message}; staying on {source}")
     if isinstance(outcome, Wait):
         return outcome

@@ -25,6 +25,7 @@ from typing import Callable, Protocol
 
 from flask import current_app
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import joinedload
 
 from core import ipam, settings
 from core.extensions import db
@@ -312,7 +313,9 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
     session = db.session()
     expiring, session.expire_on_commit = session.expire_on_commit, False
     try:
-        vm = db.session.get(VM, service_id)
+        # The VM with its service, product and server: what every step reads, in one query.
+        vm = db.session.get(VM, service_id, options=[joinedload(VM.service).joinedload(Service.product),
+                                                     joinedload(VM.server)])
         pipeline = pipeline_for(vm.status) if vm else None
         # One pipeline may hand over to another (a redeploy ends at ``creation``, where the deploy starts).
         for _ in range(len(PIPELINES)):

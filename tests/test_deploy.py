@@ -459,3 +459,65 @@ def test_a_running_task_is_polled_at_growing_intervals_until_the_budget_ends(app
     assert len(polls) == 8
     assert clock.monotonic() - began >= 20
     finish_migrations(cluster.pve, migration_done)
+
+
+def test_a_migration_whose_answer_is_lost_is_not_taken_for_a_refusal(app, bridge, cluster, clock, monkeypatch):
+    """The POST reached Proxmox but its answer did not come back: the step retries and finds the VM moved,
+    instead of carrying on as if it had stayed on the template node."""
+    from core.proxmox import client as pve_client
+    register_cluster(cluster)
+    real_post = pve_client.Pve.post
+
+    def answer_lost(self, *path, **params):
+        answer = real_post(self, *path, **params)
+        if path[-1] == "migrate":
+            raise pve_client.ProxmoxError("cannot connect to the Proxmox API: check the host, port 8006 and "
+                                          "firewalls")
+        return answer
+    monkeypatch.setattr(pve_client.Pve, "post", answer_lost)
+    bridge.call("CreateAccount", account_params(cluster, 99))
+    lines: list[str] = []
+    tick(clock, lines)
+    vm = db.session.get(VM, 99)
+    db.session.refresh(vm)
+    assert vm.status == "clone", "\n".join(lines)
+    assert any(line.startswith("[!] 4. Migrate to target node") and "Will retry" in line for line in lines)
+    monkeypatch.setattr(pve_client.Pve, "post", real_post)
+    clock.advance(60)
+    lines.clear()
+    tick(clock, lines)
+    db.session.refresh(vm)
+    assert vm.status == "ready" and vm.node == "pve2" and cluster.pve.vm(vm.vmid).node == "pve2", "\n".join(lines)
+    assert len([r for r in cluster.pve.requests if r[0] == "POST" and r[1].endswith("/migrate")]) == 1
+
+
+@pytest.mark.time_scale(0.001)
+def test_a_lost_migration_still_running_is_waited_for_not_started_again(app, bridge, cluster, clock, monkeypatch):
+    from core.proxmox import client as pve_client
+    register_cluster(cluster)
+    migration_done = hold_migrations(cluster.pve)
+    real_post = pve_client.Pve.post
+
+    def answer_lost(self, *path, **params):
+        answer = real_post(self, *path, **params)
+        if path[-1] == "migrate":
+            raise pve_client.ProxmoxError("Proxmox API did not answer in time (timeout)")
+        return answer
+    monkeypatch.setattr(pve_client.Pve, "post", answer_lost)
+    bridge.call("CreateAccount", account_params(cluster, 100))
+    tick(clock)
+    monkeypatch.setattr(pve_client.Pve, "post", real_post)
+    clock.advance(60)
+    lines: list[str] = []
+    tick(clock, lines)
+    vm = db.session.get(VM, 100)
+    db.session.refresh(vm)
+    assert vm.status == "clone"
+    assert any(line.startswith("[~]") and "Migrate to target node" in line and "migration in progress" in line
+               for line in lines), "\n".join(lines)
+    finish_migrations(cluster.pve, migration_done)
+    clock.advance(60)
+    tick(clock)
+    db.session.refresh(vm)
+    assert vm.status == "ready" and vm.node == "pve2"
+    assert len([r for r in cluster.pve.requests if r[0] == "POST" and r[1].endswith("/migrate")]) == 1
