@@ -43,8 +43,8 @@ def is_transient(exc: Exception) -> bool:
 
 def insert_missing(model, **values) -> bool:
     """INSERT one row unless a row with its primary key exists, in the session's transaction, as a single
-    statement that is safe against a concurrent insert of the same key (which then wins). True if inserted.
-    """
+    statement that is safe against a concurrent insert of the same key (which then wins). True when it
+    certainly inserted; False when the row was there, or (MariaDB/MySQL) cannot be told apart."""
     table = model.__table__
     dialect = db.session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
@@ -55,6 +55,8 @@ def insert_missing(model, **values) -> bool:
         stmt = mysql.insert(table).values(**values)
         key = table.primary_key.columns.values()[0].name
         stmt = stmt.on_duplicate_key_update({key: stmt.inserted[key]})
+        db.session.execute(stmt)
+        return False  # with CLIENT_FOUND_ROWS (SQLAlchemy's default) both outcomes count one row
     else:  # pragma: no cover - the three supported databases are above
         raise NotImplementedError(dialect)
     return db.session.execute(stmt).rowcount == 1
