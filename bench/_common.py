@@ -173,10 +173,30 @@ class FakeCluster:
 
 
 class ProductServer:
-    """The product (app.create_app) served by werkzeug's threaded WSGI server in its own process
-    (``python bench/_wsgi.py``); the environment carries the configuration, as for workers."""
+    """The product (app.create_app) served in its own process(es); the environment carries the
+    configuration, as for workers. ``werkzeug``: its threaded WSGI server, one process, as ``flask serve``
+    runs it (``python bench/_wsgi.py``). ``gunicorn``: gunicorn's pre-forked sync workers (``workers`` of
+    them), ``gunicorn -w N 'app:create_app()'``, the production setup with Redis."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], server: str = "werkzeug", workers: int = 2):
+        if server == "gunicorn":
+            import socket
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+            self.proc = subprocess.Popen([venv_bin("gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+                                          "--log-level", "warning", "app:create_app()"], cwd=str(ROOT), env=env)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    break
+                except OSError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        stop_process(self.proc)
+                        raise RuntimeError("gunicorn did not start") from None
+                    time.sleep(0.1)
+            return
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_wsgi.py")], cwd=str(ROOT),
                                      env=env, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()

@@ -1,9 +1,11 @@
 """Bridge latency: signed CreateAccount calls over real HTTP, 50 at a time, on SQLite and on PostgreSQL.
 
     python bench/bridge_latency.py [--concurrency 50] [--rounds 10] [--backends sqlite,postgresql]
+                                   [--server werkzeug|gunicorn] [--server-workers 2]
 
 For each backend a fresh product instance is served by werkzeug's threaded WSGI server in its own process
-(bench/_wsgi.py: ``make_server(..., threaded=True)``, one thread per request, as ``flask serve`` does), with
+(bench/_wsgi.py: ``make_server(..., threaded=True)``, one thread per request, as ``flask serve`` does) or,
+with ``--server gunicorn``, by gunicorn's pre-forked sync workers (the README's production setup), with
 TICKER_SECONDS=0 and no REDIS_URL: a CreateAccount then records the client, product, server, service and
 VM rows, writes the module log and only wakes the (not running) in-process ticker. SQLite is the default
 install (instance/pkvm.sqlite3, no DATABASE_URL); PostgreSQL gets a fresh database, dropped afterwards.
@@ -137,7 +139,7 @@ class Backend:
         env = product_env(str(instance), env_url or "", TICKER_SECONDS=0, **extra)
         if env_url is None:
             env.pop("DATABASE_URL")
-        self.server = ProductServer(env)
+        self.server = ProductServer(env, args.server, args.server_workers)
         stack.callback(self.server.stop)
         self.app, self.uri = app, uri
         self.next_sid = 1000
@@ -218,6 +220,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="bursts per backend (default 10)")
     parser.add_argument("--sequential", type=int, default=50, help="sequential calls (default 50)")
     parser.add_argument("--warmup", type=int, default=10, help="sequential warm-up calls (default 10)")
+    parser.add_argument("--server", choices=("werkzeug", "gunicorn"), default="werkzeug",
+                        help="werkzeug: flask serve's threaded server (default); gunicorn: pre-forked workers")
+    parser.add_argument("--server-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--pool-size", type=int, default=0,
                         help="database connections per server process (default: the product's, 5 + 10 overflow)")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 
@@ -36,11 +37,17 @@ def instance_secret(instance_path: str, name: str, nbytes: int = 32) -> str:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(nbytes)
-    # O_EXCL: two processes starting at once agree on one value.
+    # Written whole to a private file, then linked into place: two processes starting at once agree on
+    # one value, and neither can read a file the other has created but not yet written.
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=path.parent)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value + "\n")
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        os.unlink(tmp)
     return value

@@ -43,20 +43,20 @@ def is_transient(exc: Exception) -> bool:
 
 def insert_missing(model, **values) -> bool:
     """INSERT one row unless a row with its primary key exists, in the session's transaction, as a single
-    statement that is safe against a concurrent insert of the same key (which then wins). True when it
-    certainly inserted; False when the row was there, or (MariaDB/MySQL) cannot be told apart."""
+    statement that is safe against a concurrent insert of the same key. True when the row now holds these
+    values; False when another row was there first (read it to see what it holds)."""
     table = model.__table__
     dialect = db.session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
         stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table).values(**values) \
             .on_conflict_do_nothing()
-    elif dialect in ("mysql", "mariadb"):
-        # Not INSERT IGNORE, which would also turn other errors (a value too long) into warnings.
+        return db.session.execute(stmt).rowcount == 1
+    if dialect in ("mysql", "mariadb"):
+        # A row inserted meanwhile by another transaction stays invisible to this one's snapshot (repeatable
+        # read), so it is overwritten with these values rather than read back. Not INSERT IGNORE, which
+        # would also turn other errors (a value too long) into warnings.
         stmt = mysql.insert(table).values(**values)
-        key = table.primary_key.columns.values()[0].name
-        stmt = stmt.on_duplicate_key_update({key: stmt.inserted[key]})
+        stmt = stmt.on_duplicate_key_update({key: stmt.inserted[key] for key in values})
         db.session.execute(stmt)
-        return False  # with CLIENT_FOUND_ROWS (SQLAlchemy's default) both outcomes count one row
-    else:  # pragma: no cover - the three supported databases are above
-        raise NotImplementedError(dialect)
-    return db.session.execute(stmt).rowcount == 1
+        return True
+    raise NotImplementedError(dialect)  # pragma: no cover - the three supported databases are above

@@ -216,3 +216,75 @@ def test_old_nonces_are_purged(bridge, app):
     db.session.commit()
     purge_nonces(int(time.time()) - 600)
     assert db.session.scalars(select(BridgeNonce.nonce)).all() == ["b" * 32]
+
+
+def _instance_secret_in_child(folder):
+    from core.config import instance_secret
+    return instance_secret(folder, "data_key")
+
+
+def test_processes_starting_together_agree_on_one_instance_secret(tmp_path):
+    """Several server processes (gunicorn workers) creating instance/ at once: one value, never empty."""
+    import multiprocessing
+    import os
+    context = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        folder = str(tmp_path / f"instance{attempt}")
+        with context.Pool(6) as pool:
+            values = pool.map(_instance_secret_in_child, [folder] * 12)
+        assert len(set(values)) == 1 and len(values[0]) == 64
+        assert os.listdir(folder) == ["data_key"]
+        assert os.stat(os.path.join(folder, "data_key")).st_mode & 0o777 == 0o600
+
+
+def test_gunicorn_serves_the_bridge_from_several_processes(tmp_path):
+    """The README's production server: `gunicorn -w 3 'app:create_app()'` after `flask db upgrade`, each
+    worker reading the one instance/ folder; signed calls from any of them are accepted once."""
+    import http.client
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "PKVM_"))
+           and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_TICKER_SECONDS="0", FLASK_APP="app")
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "flask"), "db", "upgrade"], cwd=root, env=env, check=True, capture_output=True)
+    secret = (tmp_path / "instance" / "bridge_secret").read_text().strip()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(bin_dir / "gunicorn"), "-w", "3", "-b", f"127.0.0.1:{port}", "--log-level",
+                               "warning", "app:create_app()"], cwd=root, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+
+        def post(body: bytes, headers: dict) -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("POST", "/bridge/v1/module/CreateAccount", body=body, headers=headers)
+                answer = conn.getresponse()
+                return answer.status, json.loads(answer.read())
+            finally:
+                conn.close()
+        answers = []
+        for sid in range(1, 7):
+            body = json.dumps(params(service_id=sid)).encode()
+            headers = signed_headers(secret, "POST", "/bridge/v1/module/CreateAccount", body)
+            answers.append(post(body, headers))
+        # no product template is set up: every call is stored and answered as an error for the admin
+        assert all(status == 200 and "template" in answer["message"] for status, answer in answers), answers
+        status, answer = post(body, headers)  # the last call again, to whichever worker takes it
+        assert status == 401 and "replayed" in answer["message"]
+    finally:
+        server.terminate()
+        server.wait(15)
