@@ -50,12 +50,14 @@ def error(message: str) -> tuple[dict, int]:
 @bp.before_request
 def check_signature():
     try:
-        g.bridge_nonce = verify(current_app.config["BRIDGE_SECRET"], request.headers, request.method,
-                                request.path, request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"])
+        nonce = verify(current_app.config["BRIDGE_SECRET"], request.headers, request.method, request.path,
+                       request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"])
     except SignatureError as exc:
         return jsonify(result="error", message=f"unauthorized: {exc}"), 401
     handler = FUNCTIONS.get((request.view_args or {}).get("function", ""))
-    if not getattr(handler, "one_transaction", False):
+    if getattr(handler, "one_transaction", False):
+        g.pending_nonce = nonce  # committed by the handler, or written again if its transaction is lost
+    else:
         db.session.commit()
     return None
 
@@ -67,12 +69,12 @@ def unexpected(exc: Exception):
         return jsonify(result="error", message=exc.description), exc.code
     db.session.rollback()
     log.exception("bridge call failed")
-    if g.get("bridge_nonce") is not None:  # a failed call stays unreplayable
+    if g.get("pending_nonce") is not None:  # a failed call stays unreplayable
         try:
-            record_nonce(*g.bridge_nonce)
+            record_nonce(*g.pending_nonce)
             db.session.commit()
-        except Exception:  # noqa: BLE001 - already stored (committed before the handler ran)
-            db.session.rollback()
+        except SignatureError:  # a concurrent replay stored it meanwhile
+            pass
     return jsonify(result="error", message="internal error; the details are in the server log"), 500
 
 
@@ -103,7 +105,7 @@ def module_call(function: str):
                 raise
             if handler.one_transaction:
                 try:
-                    record_nonce(*g.bridge_nonce)
+                    record_nonce(*g.pending_nonce)
                 except SignatureError as replay:
                     return jsonify(result="error", message=f"unauthorized: {replay}"), 401
     return jsonify(body), status

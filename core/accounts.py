@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-
 from . import queue as work_queue
 from .extensions import db, insert_missing
 from .models import VM, Client, ModuleLog, Product, Server, Service
@@ -265,8 +264,12 @@ class AccountError(Exception):
 
 def package_of(service: Service):
     """The service's package; a configurable option that cannot be read is an error for the admin."""
+    return _package(service.product.settings, service.configoptions)
+
+
+def _package(settings: dict, configoptions: dict):
     try:
-        return resolve_package(service.product.settings, service.configoptions)
+        return resolve_package(settings, configoptions)
     except PackageError as exc:
         raise AccountError(str(exc)) from None
 
@@ -285,11 +288,7 @@ def create_account(params: AccountParams) -> tuple[VM, bool]:
     """Record the VM with status ``creation``, in the current transaction: the caller commits, then queues
     the deploy when told to. Returns (vm, queued): a service that is already deploying or running is left
     as it is."""
-    product = store_account(params)
-    try:
-        package = resolve_package(product.settings, params.configoptions)
-    except PackageError as exc:
-        raise AccountError(str(exc)) from None
+    package = _package(store_account(params).settings, params.configoptions)
     problems = product_problems(package.settings)
     if problems:
         raise AccountError("; ".join(problems))

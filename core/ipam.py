@@ -11,7 +11,6 @@ allocates as fast as an IPv4 /29.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -69,13 +68,6 @@ def rdns_zone(family: int, gateway_or_first: str, mask: int) -> str | None:
         return None
     nibbles = network.network_address.exploded.replace(":", "")[: mask // 4]
     return ".".join(reversed(nibbles)) + ".ip6.arpa"
-
-
-@dataclass
-class Allocation:
-    address: str
-    family: int
-    pool: IPPool | None
 
 
 # Built once: composing these statements cost more CPU than the database spent running them.
