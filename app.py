@@ -8,9 +8,11 @@ from typing import Any
 
 import click
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from flask.cli import with_appcontext
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import configure_mappers
 
 from core.config import Config, instance_secret
 from core.extensions import babel, csrf, db, login, migrate
@@ -59,6 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from bridge import bp as bridge_bp
     app.register_blueprint(bridge_bp)
     csrf.exempt(bridge_bp)  # the bridge authenticates every call with its own HMAC signature
+    app.session_interface = PanelSessions()
     from bridge.legacy import legacy
     app.register_blueprint(legacy)
 
@@ -83,6 +86,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(translate_cli)
 
     logging.getLogger("pkvm").setLevel(app.config.get("LOG_LEVEL", "INFO"))
+    import core.models  # noqa: F401
+    configure_mappers()  # once, here, rather than inside the first request of every worker process
     return app
 
 
@@ -123,6 +128,16 @@ def _init_panel_support(app: Flask) -> None:
         view = app.view_functions.get(request.endpoint or "")
         return {"LANGUAGES": LANGUAGES, "current_locale": locale, "text_direction": direction(locale),
                 "active_section": getattr(view, "section", None)}
+
+
+class PanelSessions(SecureCookieSessionInterface):
+    """The panel's signed-cookie sessions. The bridge has none: a WHMCS call is authenticated by its signature
+    alone, so no cookie is read for it (one may not stand in for a signature) and none is ever set."""
+
+    def open_session(self, app: Flask, request):
+        if request.path.startswith("/bridge/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 @click.command("serve")

@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from core.extensions import db
@@ -25,6 +25,8 @@ from core.models import BridgeNonce
 NONCE = re.compile(r"^[0-9a-fA-F]{16,128}$")
 # Old nonces are purged on about one accepted call in this many.
 PURGE_ONE_IN = 50
+_INSERT_NONCE = insert(BridgeNonce.__table__)
+_PURGE_NONCES = delete(BridgeNonce.__table__).where(BridgeNonce.__table__.c.seen_at < bindparam("older_than"))
 
 
 class SignatureError(Exception):
@@ -49,9 +51,10 @@ def signed_headers(secret: str, method: str, path: str, body: bytes, now: float 
 
 
 def verify(secret: str, headers, method: str, path: str, body: bytes, max_skew: int,
-           now: float | None = None) -> tuple[str, int]:
-    """Raise SignatureError unless the call is signed, fresh and not replayed; records the nonce (flushed,
-    uncommitted)."""
+           now: float | None = None, record: bool = True) -> tuple[str, int]:
+    """Raise SignatureError unless the call is signed, fresh and not replayed; records the nonce in the
+    session's transaction (uncommitted) unless told not to: the caller then records it with its own
+    writes, and a replay is refused there."""
     timestamp = headers.get("X-Bridge-Timestamp", "")
     nonce = headers.get("X-Bridge-Nonce", "")
     signature = headers.get("X-Bridge-Signature", "")
@@ -69,7 +72,8 @@ def verify(secret: str, headers, method: str, path: str, body: bytes, max_skew: 
         raise SignatureError("bad signature: check the shared secret")
     if secrets.randbelow(PURGE_ONE_IN) == 0:
         purge_nonces(now - 2 * max_skew)
-    record_nonce(nonce, now)
+    if record:
+        record_nonce(nonce, now)
     return nonce, now
 
 
@@ -77,9 +81,8 @@ def record_nonce(nonce: str, seen_at: int) -> None:
     """Write the nonce into the current transaction (flushed, not committed: the caller commits it, with
     the call's own writes or before them). A nonce already stored, or being stored by a concurrent call
     (which the database makes this one wait for), is a replay."""
-    db.session.add(BridgeNonce(nonce=nonce.lower(), seen_at=seen_at))
     try:
-        db.session.flush()
+        db.session.connection().execute(_INSERT_NONCE, {"nonce": nonce.lower(), "seen_at": seen_at})
     except IntegrityError:
         db.session.rollback()
         raise SignatureError("replayed call: this nonce was already used") from None
@@ -89,7 +92,7 @@ def purge_nonces(older_than: int) -> None:
     """Forget nonces whose timestamps can no longer be accepted. Best effort: a range delete can meet
     concurrent inserts (InnoDB gap locks); it simply runs again on a later call."""
     try:
-        db.session.execute(delete(BridgeNonce).where(BridgeNonce.seen_at < older_than))
+        db.session.connection().execute(_PURGE_NONCES, {"older_than": older_than})
         db.session.commit()
     except OperationalError:
         db.session.rollback()

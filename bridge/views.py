@@ -28,10 +28,10 @@ TRANSIENT_RETRIES = 3
 
 
 def module_function(name: str, one_transaction: bool = False) -> Callable[[Handler], Handler]:
-    """Register a module function. A ``one_transaction`` handler never talks to Proxmox or waits: the call's
-    nonce and all its writes are committed together by the handler, and a conflicting concurrent
-    transaction makes the whole call run again. Any other handler gets its nonce committed first, so that
-    nothing is held locked while it works."""
+    """Register a module function. A ``one_transaction`` handler never talks to Proxmox or waits: it writes
+    the call's nonce (``g.pending_nonce``, see ``keep_nonce``) with its own writes and commits them
+    together, and a conflicting concurrent transaction makes the whole call run again. Any other handler
+    gets its nonce committed first, so that nothing is held locked while it works."""
     def register(handler: Handler) -> Handler:
         handler.one_transaction = one_transaction
         FUNCTIONS[name] = handler
@@ -49,17 +49,38 @@ def error(message: str) -> tuple[dict, int]:
 
 @bp.before_request
 def check_signature():
+    g.pending_nonce = None  # set on every call: g may outlive one request
+    handler = FUNCTIONS.get((request.view_args or {}).get("function", ""))
+    deferred = getattr(handler, "one_transaction", False)
     try:
         nonce = verify(current_app.config["BRIDGE_SECRET"], request.headers, request.method, request.path,
-                       request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"])
+                       request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"],
+                       record=not deferred)
     except SignatureError as exc:
         return jsonify(result="error", message=f"unauthorized: {exc}"), 401
-    handler = FUNCTIONS.get((request.view_args or {}).get("function", ""))
-    if getattr(handler, "one_transaction", False):
-        g.pending_nonce = nonce  # committed by the handler, or written again if its transaction is lost
+    if deferred:
+        g.pending_nonce = nonce
     else:
         db.session.commit()
     return None
+
+
+def keep_nonce() -> None:
+    """Write the call's nonce into the transaction of a one-transaction handler, last (a replay is refused
+    here, with all it wrote undone); SignatureError for a replay."""
+    record_nonce(*g.pending_nonce)
+
+
+def _refuse(status: int, body: dict):
+    """Answer a call that did nothing: its nonce stays recorded (a refused call is not replayable either)."""
+    db.session.rollback()
+    try:
+        if g.get("pending_nonce") is not None:
+            keep_nonce()
+        db.session.commit()
+    except SignatureError as replay:
+        return jsonify(result="error", message=f"unauthorized: {replay}"), 401
+    return jsonify(body), status
 
 
 @bp.errorhandler(Exception)
@@ -67,15 +88,8 @@ def unexpected(exc: Exception):
     from werkzeug.exceptions import HTTPException
     if isinstance(exc, HTTPException):
         return jsonify(result="error", message=exc.description), exc.code
-    db.session.rollback()
     log.exception("bridge call failed")
-    if g.get("pending_nonce") is not None:  # a failed call stays unreplayable
-        try:
-            record_nonce(*g.pending_nonce)
-            db.session.commit()
-        except SignatureError:  # a concurrent replay stored it meanwhile
-            pass
-    return jsonify(result="error", message="internal error; the details are in the server log"), 500
+    return _refuse(500, {"result": "error", "message": "internal error; the details are in the server log"})
 
 
 @bp.post("/module/<function>")
@@ -86,28 +100,24 @@ def module_call(function: str):
                        functions=sorted(FUNCTIONS)), 404
     payload = request.get_json(silent=True)
     if not isinstance(payload, dict):
-        db.session.commit()  # the nonce
-        return jsonify(result="error", message="malformed payload",
-                       errors={"body": "must be a JSON object with the WHMCS module parameters"}), 400
+        return _refuse(400, {"result": "error", "message": "malformed payload",
+                             "errors": {"body": "must be a JSON object with the WHMCS module parameters"}})
     for attempt in range(TRANSIENT_RETRIES):
         try:
             body, status = handler(payload)
             break
         except accounts.ParamsError as exc:
-            db.session.commit()  # the nonce: a malformed call is not replayable either
-            return jsonify(result="error", message="malformed payload", errors=exc.errors), 400
+            return _refuse(400, {"result": "error", "message": "malformed payload", "errors": exc.errors})
+        except SignatureError as replay:  # a one-transaction handler's nonce: all it wrote is undone
+            db.session.rollback()
+            return jsonify(result="error", message=f"unauthorized: {replay}"), 401
         except (OperationalError, IntegrityError) as exc:
             # Every handler is an idempotent upsert: a deadlocked (or, for a one-transaction handler,
-            # conflicting) transaction is simply run again, with its nonce.
+            # conflicting) transaction is simply run again (a one-transaction handler with its nonce).
             db.session.rollback()
             retry = is_transient(exc) or (handler.one_transaction and isinstance(exc, IntegrityError))
             if not retry or attempt == TRANSIENT_RETRIES - 1:
                 raise
-            if handler.one_transaction:
-                try:
-                    record_nonce(*g.pending_nonce)
-                except SignatureError as replay:
-                    return jsonify(result="error", message=f"unauthorized: {replay}"), 401
     return jsonify(body), status
 
 
@@ -214,16 +224,19 @@ def create_account(payload: dict) -> tuple[dict, int]:
     then the deploy is queued."""
     from core import queue as work_queue
     params = accounts.parse_account(payload)
+    logged_request = accounts.log_text(payload)
     queued = False
     try:
-        vm, queued = accounts.create_account(params)
+        vm_status, queued = accounts.create_account(params)
     except accounts.AccountError as exc:
         body, status = error(str(exc))
     else:
         body, status = success()
-        body["status"] = vm.status
+        body["status"] = vm_status
         body["queued"] = queued
-    accounts.log_call("CreateAccount", params.service_id, payload, body, commit=False)
+    accounts.log_call("CreateAccount", params.service_id, payload, body, commit=False,
+                      request_text=logged_request)
+    keep_nonce()
     db.session.commit()
     if queued:
         work_queue.enqueue_vm(params.service_id)

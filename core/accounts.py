@@ -5,18 +5,21 @@ any import step. Validation happens before anything is written; each operation i
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import bindparam, insert, select, update
+
 from . import queue as work_queue
-from .extensions import db, insert_missing
+from .extensions import db, insert_missing, upsert_statement
 from .models import VM, Client, ModuleLog, Product, Server, Service
 from .products import PackageError, ProductSettings, resolve_package
 from .proxmox.client import split_token_id
-from .vault import seal, unseal
+from .vault import seal, seals, unseal
 
 SECRET_KEYS = {"password", "serverpassword", "serveraccesshash", "secret", "token_secret"}
 ID_FIELDS = ("serviceid", "userid", "pid", "serverid")
@@ -172,69 +175,118 @@ def parse_account(payload: Any) -> AccountParams:
     return params
 
 
-def _save(row, **values) -> bool:
-    changed = False
-    for key, value in values.items():
-        if getattr(row, key) != value:
-            setattr(row, key, value)
-            changed = True
-    return changed
+# ----------------------------------------------------------------------------- the rows a call carries
+#
+# Written with plain SQL statements in the caller's transaction: every bridge call runs this, so it is one
+# read of what is stored and one upsert per row. The server and product rows, which every call for them
+# shares, are written (and so locked) only when the call changes them.
+
+SERVER_FIELDS = ("name", "hostname", "ip", "port", "token_id", "token_secret", "verify_tls", "ca_pem",
+                 "assigned_ips")
+CLIENT_FIELDS = ("firstname", "lastname", "companyname", "email")
+_servers, _products, _clients, _services, _vms, _log = (
+    model.__table__ for model in (Server, Product, Client, Service, VM, ModuleLog))
 
 
-_LOOK_UP = object()
+def _stored(column, key, param: str):
+    return select(column).where(key == bindparam(param)).scalar_subquery()
 
 
-def _upsert(model, key: int, values: dict[str, Any], row: Any = _LOOK_UP) -> None:
-    """Insert or update one row by primary key in the current transaction, safe when two calls insert it at
-    the same moment; an unchanged row is not written (and not locked). ``row``: the row if already loaded
-    (None: known to be missing)."""
-    if row is _LOOK_UP:
-        row = db.session.get(model, key)
-    if row is None:
-        if insert_missing(model, id=key, **values):
-            return
-        row = db.session.get(model, key)  # a concurrent call inserted it first
-    _save(row, **values)
+# What is stored for the call's server, product, service and VM, in one round trip (None where missing).
+_STORED = select(
+    _stored(_servers.c.id, _servers.c.id, "server_id").label("server_id"),
+    *(_stored(_servers.c[name], _servers.c.id, "server_id").label(name) for name in SERVER_FIELDS),
+    _stored(_products.c.id, _products.c.id, "product_id").label("product_id"),
+    _stored(_products.c.name, _products.c.id, "product_id").label("product_name"),
+    _stored(_products.c.settings, _products.c.id, "product_id").label("product_settings"),
+    _stored(_services.c.password, _services.c.id, "service_id").label("service_password"),
+    _stored(_vms.c.status, _vms.c.service_id, "service_id").label("vm_status"),
+)
+_UPSERTS: dict[tuple, Any] = {}
+_INSERT_VM, _INSERT_LOG = insert(_vms), insert(_log)
+_RESET_VM = update(_vms).where(_vms.c.service_id == bindparam("key")).values(
+    vmid=None, node="", mac="", task_upid=None, task_status=None, task_started_at=None, next_run_at=None,
+    last_error_action=None, last_error_message=None, last_error_at=None)
+
+
+def _upsert(connection, table, values: dict[str, Any]) -> None:
+    """Insert or update one row by its ``id`` (see ``upsert_statement``)."""
+    dialect = connection.dialect.name
+    key = (table.name, dialect, tuple(values))
+    stmt = _UPSERTS.get(key)
+    if stmt is None:
+        stmt = _UPSERTS[key] = upsert_statement(table, tuple(values), dialect)
+    connection.execute(stmt, values)
+
+
+def _keep_sealed(stored: str | None, plaintext: str) -> str | None:
+    """The stored ciphertext when it still seals this secret (no needless write), else a fresh one."""
+    return stored if seals(stored, plaintext) else seal(plaintext)
+
+
+def _server_values(params: ServerParams, stored_secret: str | None) -> dict[str, Any]:
+    values = dict(id=params.id, name=params.name, hostname=params.hostname, ip=params.ip, port=params.port,
+                  token_id=params.token_id, token_secret=_keep_sealed(stored_secret, params.token_secret),
+                  verify_tls=params.verify_tls, ca_pem=params.ca_pem)
+    if params.assigned_ips:  # an empty list in a call does not clear the one stored
+        values["assigned_ips"] = params.assigned_ips
+    return values
+
+
+def _changed(stored, values: dict[str, Any]) -> bool:
+    return stored is None or any(getattr(stored, name) != value for name, value in values.items() if name != "id")
 
 
 def upsert_server(params: ServerParams) -> None:
-    row = db.session.get(Server, params.id)
-    secret = params.token_secret
-    if row is not None and row.token_secret and unseal(row.token_secret) == secret:
-        sealed = row.token_secret  # unchanged: keep the stored ciphertext, no needless write
-    else:
-        sealed = seal(secret)
-    values = dict(name=params.name, hostname=params.hostname, ip=params.ip, port=params.port,
-                  token_id=params.token_id, token_secret=sealed, verify_tls=params.verify_tls, ca_pem=params.ca_pem)
-    if params.assigned_ips:
-        values["assigned_ips"] = params.assigned_ips
-    _upsert(Server, params.id, values, row)
+    """Store a server as a call carries it (the panel, the demo and the tests register clusters with it)."""
+    connection = db.session.connection()
+    stored = connection.execute(select(_servers).where(_servers.c.id == params.id)).first()
+    values = _server_values(params, stored.token_secret if stored is not None else None)
+    if _changed(stored, values):
+        _upsert(connection, _servers, values)
 
 
-def store_account(params: AccountParams) -> Product:
+@dataclass
+class Stored:
+    product_settings: dict
+    vm_status: str | None
+
+
+def store_account(params: AccountParams) -> Stored:
     """Write the client, product, server and service a call carries into the current transaction; returns
-    the product."""
+    the product's settings and the status of the service's VM (None: it has none).
+
+    One read, then the writes one after another, everything else worked out in between: a database that
+    locks as a whole for a write (SQLite) is held only while they run."""
+    connection = db.session.connection()
+    row = connection.execute(_STORED, {"server_id": params.server.id, "product_id": params.product_id,
+                                       "service_id": params.service_id}).one()
     details = params.client
-    _upsert(Client, params.client_id, dict(
-        firstname=str(details.get("firstname") or "")[:255], lastname=str(details.get("lastname") or "")[:255],
-        companyname=str(details.get("companyname") or "")[:255], email=str(details.get("email") or "")[:255]))
-    product = db.session.get(Product, params.product_id)
-    if product is None:
-        _upsert(Product, params.product_id, dict(name=params.product_name or f"Product {params.product_id}",
-                                                 settings={}), None)
-        product = db.session.get(Product, params.product_id)
-    elif params.product_name and product.name != params.product_name:
-        product.name = params.product_name
-    upsert_server(params.server)
-    service = db.session.get(Service, params.service_id)
-    password = params.password
-    sealed = service.password if service is not None and service.password and \
-        unseal(service.password) == password else seal(password)
-    _upsert(Service, params.service_id, dict(
-        client_id=params.client_id, product_id=params.product_id, server_id=params.server.id, domain=params.domain,
-        username=params.username, password=sealed, status=params.status, configoptions=params.configoptions,
-        customfields=params.customfields), service)
-    return product
+    client = dict(id=params.client_id, **{name: str(details.get(name) or "")[:255] for name in CLIENT_FIELDS})
+    stored_server = row if row.server_id is not None else None
+    server = _server_values(params.server, stored_server.token_secret if stored_server is not None else None)
+    service = dict(id=params.service_id, client_id=params.client_id, product_id=params.product_id,
+                   server_id=params.server.id, domain=params.domain, username=params.username,
+                   password=_keep_sealed(row.service_password, params.password), status=params.status,
+                   configoptions=params.configoptions, customfields=params.customfields)
+
+    _upsert(connection, _clients, client)
+    settings = row.product_settings
+    if row.product_id is None:
+        # A product seen for the first time: its module settings all take their defaults. Read back, as
+        # the panel or a concurrent call may have stored it meanwhile: a locking read, which sees a row
+        # committed after this transaction's snapshot (MariaDB's repeatable read would not).
+        insert_missing(_products, id=params.product_id, name=params.product_name or f"Product {params.product_id}",
+                       settings={})
+        settings = connection.execute(select(_products.c.settings).where(_products.c.id == params.product_id)
+                                      .with_for_update(read=True)).scalar_one()
+    elif params.product_name and row.product_name != params.product_name:
+        connection.execute(update(_products).where(_products.c.id == params.product_id)
+                           .values(name=params.product_name))
+    if _changed(stored_server, server):
+        _upsert(connection, _servers, server)
+    _upsert(connection, _services, service)
+    return Stored(settings or {}, row.vm_status)
 
 
 def upsert_account(params: AccountParams) -> Service:
@@ -284,30 +336,28 @@ def product_problems(settings: ProductSettings) -> list[str]:
     return problems
 
 
-def create_account(params: AccountParams) -> tuple[VM, bool]:
+def create_account(params: AccountParams) -> tuple[str, bool]:
     """Record the VM with status ``creation``, in the current transaction: the caller commits, then queues
-    the deploy when told to. Returns (vm, queued): a service that is already deploying or running is left
-    as it is."""
-    package = _package(store_account(params).settings, params.configoptions)
+    the deploy when told to. Returns (the VM's status, queued): a service that is already deploying or
+    running is left as it is."""
+    stored = store_account(params)
+    package = _package(stored.product_settings, params.configoptions)
     problems = product_problems(package.settings)
     if problems:
         raise AccountError("; ".join(problems))
-    vm = db.session.get(VM, params.service_id)
-    if vm is not None and vm.status == "error_terminate":
+    if stored.vm_status == "error_terminate":
         raise AccountError("this service's previous VM failed to terminate and may still exist on Proxmox; "
                            "resolve it in VM Management first")
-    if vm is not None and vm.status != "remove":
-        return vm, False
-    name = render_vm_name(package.settings, params.client_id, params.service_id)
-    server_id = params.server.id
-    if vm is None:
-        vm = VM(service_id=params.service_id, server_id=server_id, status="creation", name=name, rev_dns={})
-        db.session.add(vm)
+    if stored.vm_status not in (None, "remove"):
+        return stored.vm_status, False
+    fresh = dict(server_id=params.server.id, status="creation",
+                 name=render_vm_name(package.settings, params.client_id, params.service_id), rev_dns={})
+    connection = db.session.connection()
+    if stored.vm_status is None:
+        connection.execute(_INSERT_VM, dict(service_id=params.service_id, **fresh))
     else:  # a terminated service ordered again: a fresh deploy
-        vm.server_id, vm.status, vm.name, vm.vmid, vm.node, vm.mac = server_id, "creation", name, None, "", ""
-        vm.rev_dns, vm.task_upid, vm.task_status, vm.next_run_at = {}, None, None, None
-        vm.last_error_action = vm.last_error_message = vm.last_error_at = None
-    return vm, True
+        connection.execute(_RESET_VM, dict(key=params.service_id, **fresh))
+    return "creation", True
 
 
 def mask(payload: Any) -> Any:
@@ -319,11 +369,17 @@ def mask(payload: Any) -> Any:
     return payload
 
 
-def log_call(action: str, service_id: int | None, request: Any, response: Any, commit: bool = True) -> None:
-    import json
-    db.session.add(ModuleLog(action=action, service_id=service_id,
-                             request=json.dumps(mask(request), default=str)[:65000],
-                             response=json.dumps(response, default=str)[:65000]))
+def log_text(payload: Any) -> str:
+    """A call's payload as the module log keeps it: secrets masked, as JSON, at most 65,000 characters."""
+    return json.dumps(mask(payload), default=str)[:65000]
+
+
+def log_call(action: str, service_id: int | None, request: Any, response: Any, commit: bool = True,
+             request_text: str | None = None) -> None:
+    """Write one module log entry; ``request_text``: the payload's ``log_text`` if already made."""
+    db.session.connection().execute(_INSERT_LOG, dict(
+        action=action, service_id=service_id, request=request_text if request_text is not None else
+        log_text(request), response=json.dumps(response, default=str)[:65000]))
     if commit:
         db.session.commit()
 

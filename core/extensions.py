@@ -4,7 +4,7 @@ from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
-from sqlalchemy import MetaData
+from sqlalchemy import JSON, MetaData, Text, cast, or_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase
 
@@ -41,22 +41,42 @@ def is_transient(exc: Exception) -> bool:
     return "database is locked" in str(orig or exc)
 
 
-def insert_missing(model, **values) -> bool:
-    """INSERT one row unless a row with its primary key exists, in the session's transaction, as a single
-    statement that is safe against a concurrent insert of the same key. True when the row now holds these
-    values; False when another row was there first (read it to see what it holds)."""
-    table = model.__table__
+def insert_missing(table, **values) -> None:
+    """INSERT one row of ``table`` unless a row with its ``id`` exists, in the session's transaction, as a
+    single statement that is safe against a concurrent insert of the same key. Read the row afterwards to
+    see what it holds."""
     dialect = db.session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table).values(**values) \
-            .on_conflict_do_nothing()
-        return db.session.execute(stmt).rowcount == 1
+        stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table).on_conflict_do_nothing()
+    elif dialect in ("mysql", "mariadb"):
+        # Not INSERT IGNORE, which would also turn other errors (a value too long) into warnings.
+        stmt = mysql.insert(table).on_duplicate_key_update(id=table.c.id)
+    else:  # pragma: no cover - the three supported databases are above
+        raise NotImplementedError(dialect)
+    db.session.execute(stmt, values)
+
+
+def upsert_statement(table, columns: tuple[str, ...], dialect: str):
+    """One statement that inserts a row of ``table`` (key ``id``) with ``columns``, or updates the row with
+    that key to these values, safe against a concurrent insert of the same key. Executed with a dict of the
+    columns' values; the table's Python-side defaults fill in the other columns of an insert.
+
+    On PostgreSQL and SQLite a row that already holds these values is left alone (not written, not locked;
+    JSON is compared as its text); on MariaDB it is always updated, which InnoDB skips for identical
+    values. Build it once per table and column set and keep it: its compiled form is cached with it."""
+    given = [name for name in columns if name != "id"]
+    updated = given + (["updated_at"] if "updated_at" in table.c and "updated_at" not in given else [])
+    if dialect in ("postgresql", "sqlite"):
+        stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+        def comparable(column):
+            return cast(column, Text) if isinstance(table.c[column.key].type, JSON) else column
+        differs = or_(*(comparable(table.c[name]).is_distinct_from(comparable(stmt.excluded[name]))
+                        for name in given))
+        # ON CONFLICT does not apply the column's onupdate: updated_at is set from the would-be row.
+        return stmt.on_conflict_do_update(index_elements=[table.c.id],
+                                          set_={name: stmt.excluded[name] for name in updated}, where=differs)
     if dialect in ("mysql", "mariadb"):
-        # A row inserted meanwhile by another transaction stays invisible to this one's snapshot (repeatable
-        # read), so it is overwritten with these values rather than read back. Not INSERT IGNORE, which
-        # would also turn other errors (a value too long) into warnings.
-        stmt = mysql.insert(table).values(**values)
-        stmt = stmt.on_duplicate_key_update({key: stmt.inserted[key] for key in values})
-        db.session.execute(stmt)
-        return True
+        stmt = mysql.insert(table)
+        return stmt.on_duplicate_key_update({name: stmt.inserted[name] for name in updated})
     raise NotImplementedError(dialect)  # pragma: no cover - the three supported databases are above

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken
 from flask import current_app
@@ -19,9 +21,12 @@ class SecretUnreadable(Exception):
 
 
 def _fernet() -> Fernet:
-    raw = current_app.config["DATA_KEY"]
-    key = base64.urlsafe_b64encode(hashlib.sha256(raw.encode()).digest())
-    return Fernet(key)
+    return _fernet_for(current_app.config["DATA_KEY"])
+
+
+@lru_cache(maxsize=4)
+def _fernet_for(raw: str) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw.encode()).digest()))
 
 
 def seal(plaintext: str | None) -> str | None:
@@ -35,9 +40,31 @@ def unseal(stored: str | None) -> str:
     """Decrypt a stored secret ("" for none)."""
     if not stored:
         return ""
+    return _decrypt(current_app.config["DATA_KEY"], stored)
+
+
+def _decrypt(raw_key: str, stored: str) -> str:
     if not stored.startswith(PREFIX):
         raise SecretUnreadable("stored secret is not sealed")
     try:
-        return _fernet().decrypt(stored[len(PREFIX):].encode()).decode()
+        return _fernet_for(raw_key).decrypt(stored[len(PREFIX):].encode()).decode()
     except InvalidToken as exc:
         raise SecretUnreadable("stored secret cannot be decrypted with this instance's key") from exc
+
+
+def seals(stored: str | None, plaintext: str) -> bool:
+    """Whether a stored value is this plaintext, sealed (False for one that cannot be read). Every bridge
+    call asks this of the server's token secret: the answer is remembered per ciphertext as a digest of
+    the plaintext, never the plaintext itself."""
+    if not stored or not plaintext:
+        return False
+    digest = _sealed_digest(current_app.config["DATA_KEY"], stored)
+    return digest is not None and hmac.compare_digest(digest, hashlib.sha256(plaintext.encode()).digest())
+
+
+@lru_cache(maxsize=1024)
+def _sealed_digest(raw_key: str, stored: str) -> bytes | None:
+    try:
+        return hashlib.sha256(_decrypt(raw_key, stored).encode()).digest()
+    except SecretUnreadable:
+        return None

@@ -63,6 +63,35 @@ def test_create_account_twice_does_not_start_a_second_vm(bridge):
     assert counts()["VM"] == 1
 
 
+def test_calls_keep_the_rows_in_step_with_whmcs_on_every_backend(any_db_app):
+    """Each call upserts client, product, server and service; the rows every call shares (server, product)
+    are written only when a call changes them. No cookie is read or set for a bridge call."""
+    from conftest import Bridge, FreshContextClient
+    any_db_app.test_client_class = FreshContextClient
+    bridge = Bridge(any_db_app, any_db_app.test_client())
+    configure_product()
+    first = bridge.call("CreateAccount", params())
+    assert first.get_json()["result"] == "success" and "Set-Cookie" not in first.headers
+    server, product = db.session.get(Server, 2), db.session.get(Product, 3)
+    stamps, sealed = (server.updated_at, product.updated_at), server.token_secret
+    assert bridge.call("CreateAccount", params(5547, userid=8)).get_json()["queued"] is True
+    db.session.expire_all()
+    server, product = db.session.get(Server, 2), db.session.get(Product, 3)
+    assert (server.updated_at, product.updated_at) == stamps and server.token_secret == sealed
+
+    again = params(configoptions={"CPU": "4"}, serverpassword="rotated-secret", productname="VPS Plus",
+                   clientsdetails={"firstname": "Ruslan", "lastname": "Client", "email": "new@example.com"})
+    answer = bridge.call("CreateAccount", again)
+    assert answer.get_json() == {"result": "success", "status": "creation", "queued": False}
+    db.session.expire_all()
+    assert db.session.get(Service, 5546).configoptions == {"CPU": "4"}
+    assert db.session.get(Client, 7).email == "new@example.com"
+    assert unseal(db.session.get(Server, 2).token_secret) == "rotated-secret"
+    assert db.session.get(Product, 3).name == "VPS Plus"
+    assert db.session.get(Product, 3).settings["template_vmid"] == 9000
+    assert db.session.scalar(select(func.count()).select_from(ModuleLog)) == 3
+
+
 def test_create_account_without_template_is_an_error_for_the_admin(bridge):
     answer = bridge.call("CreateAccount", params())
     assert answer.status_code == 200

@@ -224,6 +224,11 @@ def test_terminate_forces_a_stubborn_guest_off_and_gives_the_addresses_back(app,
     # the addresses go to the next service
     deployed(bridge, cluster, clock, service_id=5547)
     assert [a.address for a in ipam.assigned(5547)] == ["192.0.2.10"]
+    # the terminated service ordered again: its row starts over and a new VM is deployed
+    clock.advance(60)
+    again = deployed(bridge, cluster, clock)
+    assert cluster.pve.vm(again.vmid).status == "running" and again.last_error_message is None
+    assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.11"]
 
 
 def test_a_failed_delete_is_error_terminate_never_retried_and_keeps_the_addresses(app, bridge, cluster, clock,
