@@ -60,7 +60,7 @@ def verify(secret: str, headers, method: str, path: str, body: bytes, max_skew: 
     signature = headers.get("X-Bridge-Signature", "")
     if not (timestamp and nonce and signature):
         raise SignatureError("missing signature headers (X-Bridge-Timestamp, X-Bridge-Nonce, X-Bridge-Signature)")
-    if not timestamp.isdigit():
+    if not (timestamp.isascii() and timestamp.isdigit()):
         raise SignatureError("X-Bridge-Timestamp must be unix seconds")
     if not NONCE.match(nonce):
         raise SignatureError("X-Bridge-Nonce must be 16 to 128 hex characters")

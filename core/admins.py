@@ -81,7 +81,7 @@ def authenticate(username: str, password: str, remote_addr: str) -> Admin | None
 def load_admin(session_id: str) -> Admin | None:
     """Flask-Login's loader: the id carries the session version, so a password change ends old sessions."""
     admin_id, _, version = session_id.partition(":")
-    if not admin_id.isdigit() or not version.isdigit():
+    if not admin_id.isdecimal() or not version.isdecimal() or int(admin_id) >= 2**31:
         return None
     admin = db.session.get(Admin, int(admin_id))
     if admin is None or not admin.active or admin.session_version != int(version):

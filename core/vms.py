@@ -77,9 +77,9 @@ def list_vms(service_status: str = "", vm_status: str = "", search: str = "", so
                    func.lower(Client.lastname).like(like), func.lower(Client.companyname).like(like),
                    func.lower(Product.name).like(like), func.lower(Server.name).like(like),
                    func.lower(VM.status).like(like)]
-        if term.lstrip("#").isdigit():
-            number = int(term.lstrip("#"))
-            matches += [Service.id == number, VM.vmid == number]
+        digits = term.lstrip("#")
+        if digits.isdecimal() and int(digits) < 2**31:  # ids are 32-bit ("¹" is a digit, not a number)
+            matches += [Service.id == int(digits), VM.vmid == int(digits)]
         try:
             ipaddress.ip_address(term)
             matches.append(VM.service_id.in_(select(IPAddress.service_id).where(

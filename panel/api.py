@@ -119,10 +119,10 @@ def typed(values: dict, schema: dict) -> dict:
 
 def int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     raw = request.args.get(name)
-    if raw in (None, ""):
+    if raw is None:
         return default
     try:
-        value = int(raw)
+        value = int(raw)  # an empty value is not a number either
     except ValueError:
         raise ApiError(400, "invalid query parameter", {name: "must be a whole number"}) from None
     if not minimum <= value <= maximum:
@@ -369,8 +369,7 @@ ZONE_FIELDS = {"name", "provider", *[k for keys in dns.FIELDS.values() for k in 
 @api.post("/dns-zones")
 @requires("dns_zones", change=True)
 def zones_create():
-    values = body()
-    _only_known(values, ZONE_FIELDS)
+    values = typed(body(), SPEC["components"]["schemas"]["ZoneInput"])
     try:
         zone = dns.create_zone(values)
     except dns.ZoneError as exc:
@@ -388,8 +387,7 @@ def zones_get(zone_id: int):
 @requires("dns_zones", change=True)
 def zones_update(zone_id: int):
     zone = _zone(zone_id)
-    values = body()
-    _only_known(values, ZONE_FIELDS)
+    values = typed(body(), SPEC["components"]["schemas"]["ZoneInput"])
     try:
         dns.update_zone(zone, values)
     except dns.ZoneError as exc:

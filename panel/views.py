@@ -173,7 +173,7 @@ def vms():
 @section("vms")
 def vm_statuses():
     """The statuses of the VMs on screen, for rows that update without a reload."""
-    ids = [int(i) for i in request.args.get("ids", "").split(",") if i.strip().isdigit()][:200]
+    ids = [int(i) for i in request.args.get("ids", "").split(",") if i.strip().isdecimal() and int(i) < 2**31][:200]
     rows = db.session.execute(select(VM.service_id, VM.status, VM.vmid, VM.last_error_message)
                               .where(VM.service_id.in_(ids))).all() if ids else []
     return jsonify({str(sid): {"status": status, "vmid": vmid, "error": bool(error)}

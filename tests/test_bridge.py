@@ -211,6 +211,15 @@ def test_create_account_writes_nothing_when_it_fails_midway(bridge, app, client,
     assert again.status_code == 401 and "replayed" in again.get_json()["message"]
 
 
+def test_a_timestamp_of_unicode_digits_is_refused_not_a_500(bridge, app):
+    configure_product()
+    before = counts()
+    body = b"{}"
+    headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+    headers["X-Bridge-Timestamp"] = "\u00b9\u00b2\u00b3"  # digits to str.isdigit, not to int()
+    _assert_refused(bridge.call("CreateAccount", None, raw=body, headers=headers), before, "unix seconds")
+
+
 def test_short_nonce_is_refused(bridge, app):
     configure_product()
     before = counts()

@@ -167,8 +167,9 @@ def test_vm_management_lists_searches_and_escapes(logged_in):
     assert "#5546" not in only and "#5547" in only
     found = logged_in.get("/vms?q=192.168.130.4").get_data(as_text=True)
     assert "#5548" in found and "#5547" not in found
-    statuses = logged_in.get("/vms/status?ids=5546,5547", headers={"Accept": "application/json"}).get_json()
-    assert statuses["5546"]["status"] == "set_cloudinit"
+    statuses = logged_in.get("/vms/status", query_string={"ids": "5546,5547,\u00b9,99999999999999999999"},
+                             headers={"Accept": "application/json"}).get_json()
+    assert statuses["5546"]["status"] == "set_cloudinit" and set(statuses) == {"5546", "5547"}
 
 
 def test_vm_reset_redeploy_log_record_and_delete(logged_in):
