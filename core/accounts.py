@@ -252,13 +252,14 @@ class Stored:
     vm_status: str | None
 
 
-def store_account(params: AccountParams) -> Stored:
+def store_account(params: AccountParams, connection=None) -> Stored:
     """Write the client, product, server and service a call carries into the current transaction; returns
     the product's settings and the status of the service's VM (None: it has none).
 
     One read, then the writes one after another, everything else worked out in between: a database that
-    locks as a whole for a write (SQLite) is held only while they run."""
-    connection = db.session.connection()
+    locks as a whole for a write (SQLite) is held only while they run. ``connection``: the session's, if
+    the caller has it already."""
+    connection = connection or db.session.connection()
     row = connection.execute(_STORED, {"server_id": params.server.id, "product_id": params.product_id,
                                        "service_id": params.service_id}).one()
     details = params.client
@@ -340,7 +341,8 @@ def create_account(params: AccountParams) -> tuple[str, bool]:
     """Record the VM with status ``creation``, in the current transaction: the caller commits, then queues
     the deploy when told to. Returns (the VM's status, queued): a service that is already deploying or
     running is left as it is."""
-    stored = store_account(params)
+    connection = db.session.connection()
+    stored = store_account(params, connection)
     package = _package(stored.product_settings, params.configoptions)
     problems = product_problems(package.settings)
     if problems:
@@ -352,7 +354,6 @@ def create_account(params: AccountParams) -> tuple[str, bool]:
         return stored.vm_status, False
     fresh = dict(server_id=params.server.id, status="creation",
                  name=render_vm_name(package.settings, params.client_id, params.service_id), rev_dns={})
-    connection = db.session.connection()
     if stored.vm_status is None:
         connection.execute(_INSERT_VM, dict(service_id=params.service_id, **fresh))
     else:  # a terminated service ordered again: a fresh deploy

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 from typing import Any
 
 from flask_babel import lazy_gettext as _l
@@ -20,7 +21,7 @@ LOG_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "deb
 NET_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProductSettings:
     # VM
     template_vmid: int = 0
@@ -78,19 +79,28 @@ class ProductSettings:
 
     @classmethod
     def from_stored(cls, stored: dict[str, Any] | None) -> "ProductSettings":
-        """Stored settings over the defaults; unknown keys are ignored, bad values fall back to defaults."""
-        known = {f.name: f for f in fields(cls)}
-        values = {}
-        for key, value in (stored or {}).items():
-            if key in known:
-                try:
-                    values[key] = _coerce(known[key].type, value)
-                except ValueError:
-                    continue
-        return cls(**values)
+        """Stored settings over the defaults; unknown keys are ignored, bad values fall back to defaults.
+        (Read on every bridge call and pipeline step: the result is remembered per stored value.)"""
+        try:
+            return _from_stored(cls, tuple(sorted((stored or {}).items())))
+        except TypeError:  # a value that cannot be a key (a list): nothing to remember, it is ignored anyway
+            return _from_stored.__wrapped__(cls, tuple((stored or {}).items()))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@lru_cache(maxsize=256)
+def _from_stored(cls: type[ProductSettings], items: tuple[tuple[str, Any], ...]) -> ProductSettings:
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in items:
+        if key in known:
+            try:
+                values[key] = _coerce(known[key].type, value)
+            except ValueError:
+                continue
+    return cls(**values)
 
 
 class ProductSettingsError(ValueError):
