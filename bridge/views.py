@@ -6,6 +6,8 @@ field-by-field errors for a malformed payload, a 401 for a call that is not sign
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import Callable
 
 from flask import current_app, g, jsonify, request
@@ -24,7 +26,8 @@ from .signing import SignatureError, record_nonce, verify
 log = logging.getLogger("pkvm.bridge")
 Handler = Callable[[dict], tuple[dict, int]]
 FUNCTIONS: dict[str, Handler] = {}
-TRANSIENT_RETRIES = 3
+TRANSIENT_RETRIES = 5
+RETRY_PAUSE = 0.005  # seconds, doubled at every retry
 
 
 def module_function(name: str, one_transaction: bool = False) -> Callable[[Handler], Handler]:
@@ -65,10 +68,10 @@ def check_signature():
     return None
 
 
-def keep_nonce() -> None:
-    """Write the call's nonce into the transaction of a one-transaction handler, last (a replay is refused
-    here, with all it wrote undone); SignatureError for a replay."""
-    record_nonce(*g.pending_nonce)
+def keep_nonce(connection=None) -> None:
+    """Write the call's nonce into the transaction of a one-transaction handler (``connection``), last: a
+    replay is refused here (SignatureError), with all the call wrote undone."""
+    record_nonce(*g.pending_nonce, connection=connection)
 
 
 def _refuse(status: int, body: dict):
@@ -118,6 +121,8 @@ def module_call(function: str):
             retry = is_transient(exc) or (handler.one_transaction and isinstance(exc, IntegrityError))
             if not retry or attempt == TRANSIENT_RETRIES - 1:
                 raise
+            # Transactions that collided would collide again in step: each waits a little, at random.
+            time.sleep(random.uniform(0, RETRY_PAUSE * 2 ** attempt))
     return jsonify(body), status
 
 
@@ -220,24 +225,24 @@ for _name, _source in STEP_COMMANDS.items():
 
 @module_function("CreateAccount", one_transaction=True)
 def create_account(payload: dict) -> tuple[dict, int]:
-    """One transaction: the nonce, the client, product, server and service, the VM row and the module log;
+    """One transaction: the client, product, server and service, the VM row, the module log and the nonce;
     then the deploy is queued."""
     from core import queue as work_queue
     params = accounts.parse_account(payload)
     logged_request = accounts.log_text(payload)
     queued = False
-    try:
-        vm_status, queued = accounts.create_account(params)
-    except accounts.AccountError as exc:
-        body, status = error(str(exc))
-    else:
-        body, status = success()
-        body["status"] = vm_status
-        body["queued"] = queued
-    accounts.log_call("CreateAccount", params.service_id, payload, body, commit=False,
-                      request_text=logged_request)
-    keep_nonce()
-    db.session.commit()
+    with db.engine.begin() as connection:
+        try:
+            vm_status, queued = accounts.create_account(params, connection)
+        except accounts.AccountError as exc:
+            body, status = error(str(exc))
+        else:
+            body, status = success()
+            body["status"] = vm_status
+            body["queued"] = queued
+        accounts.log_call("CreateAccount", params.service_id, payload, body, request_text=logged_request,
+                          connection=connection)
+        keep_nonce(connection)
     if queued:
         work_queue.enqueue_vm(params.service_id)
     return body, status

@@ -192,8 +192,11 @@ def _stored(column, key, param: str):
     return select(column).where(key == bindparam(param)).scalar_subquery()
 
 
-# What is stored for the call's server, product, service and VM, in one round trip (None where missing).
+# What is stored for the call's client, server, product, service and VM, in one round trip (None where
+# missing).
 _STORED = select(
+    _stored(_clients.c.id, _clients.c.id, "client_id").label("client_id"),
+    *(_stored(_clients.c[name], _clients.c.id, "client_id").label(name) for name in CLIENT_FIELDS),
     _stored(_servers.c.id, _servers.c.id, "server_id").label("server_id"),
     *(_stored(_servers.c[name], _servers.c.id, "server_id").label(name) for name in SERVER_FIELDS),
     _stored(_products.c.id, _products.c.id, "product_id").label("product_id"),
@@ -257,11 +260,12 @@ def store_account(params: AccountParams, connection=None) -> Stored:
     the product's settings and the status of the service's VM (None: it has none).
 
     One read, then the writes one after another, everything else worked out in between: a database that
-    locks as a whole for a write (SQLite) is held only while they run. ``connection``: the session's, if
+    locks as a whole for a write (SQLite) is held only while they run. Client, server and product rows,
+    which many calls share, are written only when a call changes them. ``connection``: the session's, if
     the caller has it already."""
     connection = connection or db.session.connection()
-    row = connection.execute(_STORED, {"server_id": params.server.id, "product_id": params.product_id,
-                                       "service_id": params.service_id}).one()
+    row = connection.execute(_STORED, {"client_id": params.client_id, "server_id": params.server.id,
+                                       "product_id": params.product_id, "service_id": params.service_id}).one()
     details = params.client
     client = dict(id=params.client_id, **{name: str(details.get(name) or "")[:255] for name in CLIENT_FIELDS})
     stored_server = row if row.server_id is not None else None
@@ -271,14 +275,15 @@ def store_account(params: AccountParams, connection=None) -> Stored:
                    password=_keep_sealed(row.service_password, params.password), status=params.status,
                    configoptions=params.configoptions, customfields=params.customfields)
 
-    _upsert(connection, _clients, client)
+    if _changed(row if row.client_id is not None else None, client):
+        _upsert(connection, _clients, client)
     settings = row.product_settings
     if row.product_id is None:
         # A product seen for the first time: its module settings all take their defaults. Read back, as
         # the panel or a concurrent call may have stored it meanwhile: a locking read, which sees a row
         # committed after this transaction's snapshot (MariaDB's repeatable read would not).
-        insert_missing(_products, id=params.product_id, name=params.product_name or f"Product {params.product_id}",
-                       settings={})
+        insert_missing(connection, _products, id=params.product_id,
+                       name=params.product_name or f"Product {params.product_id}", settings={})
         settings = connection.execute(select(_products.c.settings).where(_products.c.id == params.product_id)
                                       .with_for_update(read=True)).scalar_one()
     elif params.product_name and row.product_name != params.product_name:
@@ -337,11 +342,10 @@ def product_problems(settings: ProductSettings) -> list[str]:
     return problems
 
 
-def create_account(params: AccountParams) -> tuple[str, bool]:
-    """Record the VM with status ``creation``, in the current transaction: the caller commits, then queues
-    the deploy when told to. Returns (the VM's status, queued): a service that is already deploying or
-    running is left as it is."""
-    connection = db.session.connection()
+def create_account(params: AccountParams, connection) -> tuple[str, bool]:
+    """Store the call's rows and record the VM with status ``creation``, in the transaction of
+    ``connection``: the caller commits, then queues the deploy when told to. Returns (the VM's status,
+    queued): a service that is already deploying or running is left as it is."""
     stored = store_account(params, connection)
     package = _package(stored.product_settings, params.configoptions)
     problems = product_problems(package.settings)
@@ -376,12 +380,13 @@ def log_text(payload: Any) -> str:
 
 
 def log_call(action: str, service_id: int | None, request: Any, response: Any, commit: bool = True,
-             request_text: str | None = None) -> None:
-    """Write one module log entry; ``request_text``: the payload's ``log_text`` if already made."""
-    db.session.connection().execute(_INSERT_LOG, dict(
+             request_text: str | None = None, connection=None) -> None:
+    """Write one module log entry (committed with the session unless told not to, or in the transaction of
+    ``connection``); ``request_text``: the payload's ``log_text`` if already made."""
+    (connection or db.session.connection()).execute(_INSERT_LOG, dict(
         action=action, service_id=service_id, request=request_text if request_text is not None else
         log_text(request), response=json.dumps(response, default=str)[:65000]))
-    if commit:
+    if commit and connection is None:
         db.session.commit()
 
 

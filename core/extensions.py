@@ -41,11 +41,10 @@ def is_transient(exc: Exception) -> bool:
     return "database is locked" in str(orig or exc)
 
 
-def insert_missing(table, **values) -> None:
-    """INSERT one row of ``table`` unless a row with its ``id`` exists, in the session's transaction, as a
-    single statement that is safe against a concurrent insert of the same key. Read the row afterwards to
-    see what it holds."""
-    dialect = db.session.get_bind().dialect.name
+def insert_missing(connection, table, **values) -> None:
+    """INSERT one row of ``table`` unless a row with its ``id`` exists, as a single statement that is safe
+    against a concurrent insert of the same key. Read the row afterwards to see what it holds."""
+    dialect = connection.dialect.name
     if dialect in ("postgresql", "sqlite"):
         stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table).on_conflict_do_nothing()
     elif dialect in ("mysql", "mariadb"):
@@ -53,7 +52,7 @@ def insert_missing(table, **values) -> None:
         stmt = mysql.insert(table).on_duplicate_key_update(id=table.c.id)
     else:  # pragma: no cover - the three supported databases are above
         raise NotImplementedError(dialect)
-    db.session.execute(stmt, values)
+    connection.execute(stmt, values)
 
 
 def upsert_statement(table, columns: tuple[str, ...], dialect: str):

@@ -75,7 +75,7 @@ def test_calls_keep_the_rows_in_step_with_whmcs_on_every_backend(any_db_app):
     server, product = db.session.get(Server, 2), db.session.get(Product, 3)
     stamps, sealed = (server.updated_at, product.updated_at), server.token_secret
     assert bridge.call("CreateAccount", params(5547, userid=8)).get_json()["queued"] is True
-    db.session.expire_all()
+    db.session.rollback()  # a fresh snapshot (MariaDB's repeatable read)
     server, product = db.session.get(Server, 2), db.session.get(Product, 3)
     assert (server.updated_at, product.updated_at) == stamps and server.token_secret == sealed
 
@@ -83,7 +83,7 @@ def test_calls_keep_the_rows_in_step_with_whmcs_on_every_backend(any_db_app):
                    clientsdetails={"firstname": "Ruslan", "lastname": "Client", "email": "new@example.com"})
     answer = bridge.call("CreateAccount", again)
     assert answer.get_json() == {"result": "success", "status": "creation", "queued": False}
-    db.session.expire_all()
+    db.session.rollback()  # a fresh snapshot (MariaDB's repeatable read)
     assert db.session.get(Service, 5546).configoptions == {"CPU": "4"}
     assert db.session.get(Client, 7).email == "new@example.com"
     assert unseal(db.session.get(Server, 2).token_secret) == "rotated-secret"
