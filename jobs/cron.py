@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core import queue as work_queue
@@ -184,8 +184,9 @@ def _interval_text(minutes: int) -> str:
 def acquire_lock(holder: str, clock: Clock) -> bool:
     """The tick lock: one row; a lock older than the lock timeout is stale and taken over."""
     now = clock.now()
-    db.session.add(CronLock(name=LOCK_NAME, holder=holder, acquired_at=now))
     try:
+        # A plain INSERT: the session may hold the row another holder wrote (the unique key decides).
+        db.session.execute(insert(CronLock).values(name=LOCK_NAME, holder=holder, acquired_at=now))
         db.session.commit()
         return True
     except IntegrityError:
