@@ -80,15 +80,13 @@ def verify(secret: str, headers, method: str, path: str, body: bytes, max_skew: 
 def record_nonce(nonce: str, seen_at: int, connection=None) -> None:
     """Write the nonce into the session's transaction, or that of ``connection`` (not committed: the caller
     commits it, with the call's own writes or before them). A nonce already stored, or being stored by a
-    concurrent call (which the database makes this one wait for), is a replay: the transaction is rolled
-    back and SignatureError raised."""
+    concurrent call (which the database makes this one wait for), is a replay: SignatureError, and the
+    session's transaction is rolled back (the caller's, given a connection, when the error leaves it)."""
     try:
         (connection or db.session.connection()).execute(_INSERT_NONCE, {"nonce": nonce.lower(), "seen_at": seen_at})
     except IntegrityError:
         if connection is None:
             db.session.rollback()
-        else:
-            connection.rollback()
         raise SignatureError("replayed call: this nonce was already used") from None
 
 

@@ -91,6 +91,16 @@ def test_calls_keep_the_rows_in_step_with_whmcs_on_every_backend(any_db_app):
     assert db.session.get(Product, 3).settings["template_vmid"] == 9000
     assert db.session.scalar(select(func.count()).select_from(ModuleLog)) == 3
 
+    # a replay does its writes and is refused at its nonce: all of them undone
+    body = json.dumps(params(5548, userid=9)).encode()
+    headers = signed_headers(any_db_app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+    assert bridge.call("CreateAccount", None, raw=body, headers=headers).get_json()["queued"] is True
+    db.session.rollback()
+    db.session.delete(db.session.get(VM, 5548))
+    db.session.commit()
+    before = counts()
+    _assert_refused(bridge.call("CreateAccount", None, raw=body, headers=headers), before, "replayed")
+
 
 def test_create_account_without_template_is_an_error_for_the_admin(bridge):
     answer = bridge.call("CreateAccount", params())
