@@ -509,6 +509,7 @@ def reset_password(params: AccountParams) -> VM:
     _queue(vm, "reset_password")
     return vm
 
+
 def redeploy(params: AccountParams) -> VM:
     """The admin Redeploy button in WHMCS: as in VM Management (refused for a ready VM)."""
     from . import vms

@@ -209,7 +209,6 @@ def active_services() -> int:
     return db.session.scalar(select(func.count()).select_from(Service).where(Service.status == "Active")) or 0
 
 
-
 def queue_dns_resync(vm: VM) -> VM:
     """Set DNS records: queue a full delete-and-recreate of the VM's records for the next tick."""
     if vm.status == "set_dns_records":
