@@ -78,6 +78,11 @@ def test_calls_keep_the_rows_in_step_with_whmcs_on_every_backend(any_db_app):
     db.session.rollback()  # a fresh snapshot (MariaDB's repeatable read)
     server, product = db.session.get(Server, 2), db.session.get(Product, 3)
     assert (server.updated_at, product.updated_at) == stamps and server.token_secret == sealed
+    service_stamp = db.session.get(Service, 5546).updated_at
+    assert bridge.call("CreateAccount", params()).get_json()["queued"] is False
+    db.session.rollback()
+    if db.engine.dialect.name != "mysql":  # MariaDB always updates; InnoDB skips the identical row itself
+        assert db.session.get(Service, 5546).updated_at == service_stamp  # the same call: nothing written
 
     again = params(configoptions={"CPU": "4"}, serverpassword="rotated-secret", productname="VPS Plus",
                    clientsdetails={"firstname": "Ruslan", "lastname": "Client", "email": "new@example.com"})
@@ -89,7 +94,7 @@ def test_calls_keep_the_rows_in_step_with_whmcs_on_every_backend(any_db_app):
     assert unseal(db.session.get(Server, 2).token_secret) == "rotated-secret"
     assert db.session.get(Product, 3).name == "VPS Plus"
     assert db.session.get(Product, 3).settings["template_vmid"] == 9000
-    assert db.session.scalar(select(func.count()).select_from(ModuleLog)) == 3
+    assert db.session.scalar(select(func.count()).select_from(ModuleLog)) == 4
 
     # a replay does its writes and is refused at its nonce: all of them undone
     body = json.dumps(params(5548, userid=9)).encode()
