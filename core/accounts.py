@@ -178,8 +178,8 @@ def parse_account(payload: Any) -> AccountParams:
 # ----------------------------------------------------------------------------- the rows a call carries
 #
 # Written with plain SQL statements in the caller's transaction: every bridge call runs this, so it is one
-# read of what is stored and one upsert per row. The server and product rows, which every call for them
-# shares, are written (and so locked) only when the call changes them.
+# read of what is stored and one upsert per row. The client, server and product rows, which many calls
+# share, are written (and so locked) only when a call changes them.
 
 SERVER_FIELDS = ("name", "hostname", "ip", "port", "token_id", "token_secret", "verify_tls", "ca_pem",
                  "assigned_ips")
