@@ -75,7 +75,8 @@ def keep_nonce(connection=None) -> None:
 
 
 def _refuse(status: int, body: dict):
-    """Answer a call that did nothing: its nonce stays recorded (a refused call is not replayable either)."""
+    """Answer a call that did nothing: its nonce stays recorded (a refused call is not replayable either).
+    A nonce already stored is a replay's: 401."""
     db.session.rollback()
     try:
         if g.get("pending_nonce") is not None:
@@ -244,5 +245,9 @@ def create_account(payload: dict) -> tuple[dict, int]:
                           connection=connection)
         keep_nonce(connection)
     if queued:
-        work_queue.enqueue_vm(params.service_id)
+        try:
+            work_queue.enqueue_vm(params.service_id)
+        except Exception:  # noqa: BLE001 - the VM is recorded: the next tick queues it
+            log.warning("service %s: the deploy could not be queued now; the next tick will", params.service_id,
+                        exc_info=True)
     return body, status

@@ -235,6 +235,21 @@ def test_a_timestamp_of_unicode_digits_is_refused_not_a_500(bridge, app):
     _assert_refused(bridge.call("CreateAccount", None, raw=body, headers=headers), before, "unix seconds")
 
 
+def test_create_account_succeeds_when_the_queue_is_down(bridge, monkeypatch):
+    """The VM row is committed before the deploy is queued: if the queue cannot take it now, the call has
+    still done its work (the next tick queues the VM), so WHMCS hears success."""
+    from core import queue as work_queue
+    configure_product()
+
+    def down(_service_id):
+        raise ConnectionError("Redis is down")
+    monkeypatch.setattr(work_queue, "enqueue_vm", down)
+    answer = bridge.call("CreateAccount", params())
+    assert answer.status_code == 200 and answer.get_json() == {"result": "success", "status": "creation",
+                                                                "queued": True}
+    assert db.session.get(VM, 5546).status == "creation"
+
+
 def test_short_nonce_is_refused(bridge, app):
     configure_product()
     before = counts()
