@@ -1,13 +1,14 @@
 """Bridge latency: signed CreateAccount calls over real HTTP, 50 at a time, on SQLite and on PostgreSQL.
 
     python bench/bridge_latency.py [--concurrency 50] [--rounds 10] [--backends sqlite,postgresql]
-                                   [--server werkzeug|gunicorn] [--server-workers 2]
+                                   [--server werkzeug|gunicorn] [--server-workers 2] [--redis]
 
 For each backend a fresh product instance is served by werkzeug's threaded WSGI server in its own process
 (bench/_wsgi.py: ``make_server(..., threaded=True)``, one thread per request, as ``flask serve`` does) or,
 with ``--server gunicorn``, by gunicorn's pre-forked sync workers (the README's production setup), with
 TICKER_SECONDS=0 and no REDIS_URL: a CreateAccount then records the client, product, server, service and
-VM rows, writes the module log and only wakes the (not running) in-process ticker. SQLite is the default
+VM rows, writes the module log and only wakes the (not running) in-process ticker. With ``--redis`` it
+queues the deploy as an RQ job too, as in production (no worker runs them). SQLite is the default
 install (instance/pkvm.sqlite3, no DATABASE_URL); PostgreSQL gets a fresh database, dropped afterwards.
 
 The server, IP pool and product are registered first (the product has its template, so CreateAccount
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import selectors
 import shutil
 import socket
@@ -46,8 +48,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (PgDatabase, ProductServer, account_params, mean, percentile, product_env,  # noqa: E402
-                     register_cluster, table, tree_cpu)
+from _common import (REDIS_URL, PgDatabase, ProductServer, account_params, mean, percentile,  # noqa: E402
+                     product_env, register_cluster, table, tree_cpu)
 
 
 class CountingListener:
@@ -204,6 +206,14 @@ class Backend:
                                                   "max_overflow": 0}
             if kind == "sqlite":
                 extra["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        if args.redis:
+            # The production setup: each CreateAccount also queues its deploy as an RQ job (no worker runs
+            # them here; the bench's queue is deleted with its jobs at the end).
+            from redis import Redis
+            from rq import Queue
+            queue_name = f"pkvm-bench-bridge-{secrets.token_hex(4)}"
+            extra.update(REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name)
+            stack.callback(lambda: Queue(queue_name, connection=Redis.from_url(REDIS_URL)).delete(delete_jobs=True))
         env = product_env(str(instance), env_url or "", TICKER_SECONDS=0, **extra)
         if env_url is None:
             env.pop("DATABASE_URL")
@@ -280,13 +290,17 @@ def main(argv=None) -> int:
     parser.add_argument("--server", choices=("werkzeug", "gunicorn"), default="werkzeug",
                         help="werkzeug: flask serve's threaded server (default); gunicorn: pre-forked workers")
     parser.add_argument("--server-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+    parser.add_argument("--redis", action="store_true",
+                        help="give the server REDIS_URL, as in production: every CreateAccount queues an RQ job")
     parser.add_argument("--pool-size", type=int, default=0,
                         help="database connections per server process (default: the product's, 5 + 10 overflow)")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     wall0 = time.perf_counter()
-    print("Bridge latency: signed CreateAccount over HTTP to werkzeug's threaded WSGI server (own process), "
-          "no Redis, no ticker")
+    server = "werkzeug's threaded WSGI server" if args.server == "werkzeug" else \
+        f"gunicorn ({args.server_workers} sync workers)"
+    print(f"Bridge latency: signed CreateAccount over HTTP to {server}, "
+          + ("Redis (jobs queued, no worker)" if args.redis else "no Redis") + ", no ticker")
     print(f"  per backend: {args.warmup} warm-up + {args.sequential} sequential calls, then {args.rounds} rounds of "
           f"{args.concurrency} concurrent calls (a new service and client each); target p99 < 50 ms")
     print("  load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)

@@ -55,8 +55,15 @@ def enqueue_vm(service_id: int, delay: float = 0) -> bool:
                          job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
                          failure_ttl=86400)
         return True
-    job = queue.fetch_job(vm_job_id(service_id))
-    if job is not None and job.get_status(refresh=True) in ACTIVE_JOB_STATES:
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    try:
+        # Job.fetch rather than Queue.fetch_job, which also scrubs a missing id from the queue (a round trip
+        # for every new VM); the status comes with the fetch.
+        job = Job.fetch(vm_job_id(service_id), connection=queue.connection)
+    except NoSuchJobError:
+        job = None
+    if job is not None and job.get_status(refresh=False) in ACTIVE_JOB_STATES:
         return False
     queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
                   job_timeout=3600)
