@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .extensions import db
-from .models import AccessGroup, Admin, ApiToken, LoginAttempt, utcnow
+from .models import AccessGroup, Admin, ApiToken, LoginAttempt, id_from_text, utcnow
 
 SECTIONS = ("dashboard", "ip_pools", "dns_zones", "vms", "products", "settings")
 # Failed logins allowed per user name, and per client address, within the window.
@@ -81,9 +81,10 @@ def authenticate(username: str, password: str, remote_addr: str) -> Admin | None
 def load_admin(session_id: str) -> Admin | None:
     """Flask-Login's loader: the id carries the session version, so a password change ends old sessions."""
     admin_id, _, version = session_id.partition(":")
-    if not admin_id.isdecimal() or not version.isdecimal() or int(admin_id) >= 2**31:
+    number = id_from_text(admin_id)
+    if number is None or not version.isdecimal():
         return None
-    admin = db.session.get(Admin, int(admin_id))
+    admin = db.session.get(Admin, number)
     if admin is None or not admin.active or admin.session_version != int(version):
         return None
     return admin

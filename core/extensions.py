@@ -41,17 +41,21 @@ def is_transient(exc: Exception) -> bool:
     return "database is locked" in str(orig or exc)
 
 
+def _insert(table, dialect: str):
+    """The dialect's own INSERT construct (the one with ON CONFLICT / ON DUPLICATE KEY)."""
+    if dialect in ("postgresql", "sqlite", "mysql", "mariadb"):
+        return {"postgresql": postgresql, "sqlite": sqlite}.get(dialect, mysql).insert(table)
+    raise NotImplementedError(dialect)  # pragma: no cover - the three supported databases are above
+
+
 def insert_missing(connection, table, **values) -> None:
     """INSERT one row of ``table`` unless a row with its ``id`` exists, as a single statement that is safe
     against a concurrent insert of the same key. Read the row afterwards to see what it holds."""
-    dialect = connection.dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table).on_conflict_do_nothing()
-    elif dialect in ("mysql", "mariadb"):
-        # Not INSERT IGNORE, which would also turn other errors (a value too long) into warnings.
-        stmt = mysql.insert(table).on_duplicate_key_update(id=table.c.id)
-    else:  # pragma: no cover - the three supported databases are above
-        raise NotImplementedError(dialect)
+    stmt = _insert(table, connection.dialect.name)
+    if connection.dialect.name in ("postgresql", "sqlite"):
+        stmt = stmt.on_conflict_do_nothing()
+    else:  # Not INSERT IGNORE, which would also turn other errors (a value too long) into warnings.
+        stmt = stmt.on_duplicate_key_update(id=table.c.id)
     connection.execute(stmt, values)
 
 
@@ -65,9 +69,8 @@ def upsert_statement(table, columns: tuple[str, ...], dialect: str):
     values. Build it once per table and column set and keep it: its compiled form is cached with it."""
     given = [name for name in columns if name != "id"]
     updated = given + (["updated_at"] if "updated_at" in table.c and "updated_at" not in given else [])
+    stmt = _insert(table, dialect)
     if dialect in ("postgresql", "sqlite"):
-        stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table)
-
         def comparable(column):
             return cast(column, Text) if isinstance(table.c[column.key].type, JSON) else column
         differs = or_(*(comparable(table.c[name]).is_distinct_from(comparable(stmt.excluded[name]))
@@ -75,7 +78,4 @@ def upsert_statement(table, columns: tuple[str, ...], dialect: str):
         # ON CONFLICT does not apply the column's onupdate: updated_at is set from the would-be row.
         return stmt.on_conflict_do_update(index_elements=[table.c.id],
                                           set_={name: stmt.excluded[name] for name in updated}, where=differs)
-    if dialect in ("mysql", "mariadb"):
-        stmt = mysql.insert(table)
-        return stmt.on_duplicate_key_update({name: stmt.inserted[name] for name in updated})
-    raise NotImplementedError(dialect)  # pragma: no cover - the three supported databases are above
+    return stmt.on_duplicate_key_update({name: stmt.inserted[name] for name in updated})

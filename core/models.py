@@ -31,6 +31,19 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns
+
+
+def id_from_text(text: str) -> int | None:
+    """An id typed as text, or None when it is not one: not all decimal digits ("¹" is a digit to
+    str.isdigit, yet no number to int()), or beyond what an id column holds."""
+    text = text.strip()
+    if not text.isdecimal():
+        return None
+    number = int(text)
+    return number if number <= MAX_ID else None
+
+
 class UTCDateTime(TypeDecorator):
     """Naive UTC datetimes on every backend (SQLite and MariaDB keep no zone)."""
 

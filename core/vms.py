@@ -13,7 +13,7 @@ from sqlalchemy import func, or_, select
 
 from . import queue as work_queue
 from .extensions import db
-from .models import VM, Client, IPAddress, Product, Server, Service, VMRun
+from .models import VM, Client, IPAddress, Product, Server, Service, VMRun, id_from_text
 
 # The statuses an admin may reset a VM to (seed 002, "Reset VM Status"), with when to use each.
 RESET_STATUSES = ("ready", "creation", "set_ip", "change_package", "set_dns_records", "terminate", "remove")
@@ -77,9 +77,9 @@ def list_vms(service_status: str = "", vm_status: str = "", search: str = "", so
                    func.lower(Client.lastname).like(like), func.lower(Client.companyname).like(like),
                    func.lower(Product.name).like(like), func.lower(Server.name).like(like),
                    func.lower(VM.status).like(like)]
-        digits = term.lstrip("#")
-        if digits.isdecimal() and int(digits) < 2**31:  # ids are 32-bit ("¹" is a digit, not a number)
-            matches += [Service.id == int(digits), VM.vmid == int(digits)]
+        number = id_from_text(term.lstrip("#"))
+        if number is not None:
+            matches += [Service.id == number, VM.vmid == number]
         try:
             ipaddress.ip_address(term)
             matches.append(VM.service_id.in_(select(IPAddress.service_id).where(

@@ -363,9 +363,6 @@ def _zone(zone_id: int) -> DnsZone:
     return zone
 
 
-ZONE_FIELDS = {"name", "provider", *[k for keys in dns.FIELDS.values() for k in keys], *dns.SECRET_FIELD.values()}
-
-
 @api.post("/dns-zones")
 @requires("dns_zones", change=True)
 def zones_create():

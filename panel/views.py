@@ -13,7 +13,7 @@ from core import pools as pool_service
 from core import settings as settings_service
 from core import vms as vm_service
 from core.extensions import db
-from core.models import VM, CronTask, DnsZone, IPPool, Product, Server, utcnow
+from core.models import VM, CronTask, DnsZone, IPPool, Product, Server, id_from_text, utcnow
 from core.products import ProductSettings, ProductSettingsError
 from core.products import validate as validate_product
 from core.proxmox.client import ProxmoxError, Pve, endpoint_for
@@ -173,7 +173,7 @@ def vms():
 @section("vms")
 def vm_statuses():
     """The statuses of the VMs on screen, for rows that update without a reload."""
-    ids = [int(i) for i in request.args.get("ids", "").split(",") if i.strip().isdecimal() and int(i) < 2**31][:200]
+    ids = [n for n in map(id_from_text, request.args.get("ids", "").split(",")) if n is not None][:200]
     rows = db.session.execute(select(VM.service_id, VM.status, VM.vmid, VM.last_error_message)
                               .where(VM.service_id.in_(ids))).all() if ids else []
     return jsonify({str(sid): {"status": status, "vmid": vmid, "error": bool(error)}
