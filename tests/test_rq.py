@@ -38,6 +38,11 @@ def rq_app(tmp_path, redis_conn, monkeypatch):
     with app.app_context():
         yield app, queue
         db.session.remove()
+    drop_queue(queue)
+
+
+def drop_queue(queue) -> None:
+    """Leave nothing of a test's queue in Redis: its jobs, their results and its registries."""
     queue.empty()
     for registry in (queue.scheduled_job_registry, queue.finished_job_registry, queue.failed_job_registry,
                      queue.started_job_registry):
@@ -190,4 +195,4 @@ def test_the_preloaded_worker_process_deploys_a_vm(tmp_path, redis_conn, cluster
             db.session.remove()
             db.engine.dispose()
     finally:
-        queue.delete(delete_jobs=True)
+        drop_queue(queue)
