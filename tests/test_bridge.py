@@ -306,8 +306,8 @@ def test_processes_starting_together_agree_on_one_instance_secret(tmp_path):
 
 
 def test_gunicorn_serves_the_bridge_from_several_processes(tmp_path):
-    """The README's production server: `gunicorn -w 3 'app:create_app()'` after `flask db upgrade`, each
-    worker reading the one instance/ folder; signed calls from any of them are accepted once."""
+    """The README's production server, `gunicorn 'app:create_app()'` after `flask db upgrade`, here with 3
+    workers reading the one instance/ folder; signed calls from any of them are accepted once."""
     import http.client
     import os
     import socket
