@@ -72,6 +72,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_bp)
     json_for_unrouted(app)
     csrf.exempt(api_bp)  # bearer tokens, no cookies: nothing for a cross-site request to ride on
+    app.add_url_rule("/healthz", "healthz", _healthz)
 
     from bridge.cli import bridge_cli
     from demo.cli import demo_command
@@ -89,6 +90,21 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     import core.models  # noqa: F401
     configure_mappers()  # once, here, rather than inside the first request of every worker process
     return app
+
+
+def _healthz():
+    """For a load balancer or a monitor, no login: 200 when calls are taken and worked off ("ok") or taken
+    but not worked off ("degraded": no tick lately, no worker), 503 when they cannot be taken ("down": the
+    database or Redis does not answer). Counts and times only, nothing secret."""
+    from flask import jsonify
+
+    from core.health import health, verdict
+    report = health()
+    status = verdict(report)
+    last_tick = report["last_tick"]
+    return jsonify(status=status, database=report["database"], mode=report["mode"], redis=report["redis"],
+                   workers=report["workers"], tick_late=report["tick_late"],
+                   last_tick=last_tick.isoformat() if last_tick else None), 503 if status == "down" else 200
 
 
 def _init_panel_support(app: Flask) -> None:
@@ -132,10 +148,11 @@ def _init_panel_support(app: Flask) -> None:
 
 class PanelSessions(SecureCookieSessionInterface):
     """The panel's signed-cookie sessions. The bridge has none: a WHMCS call is authenticated by its signature
-    alone, so no cookie is read for it (one may not stand in for a signature) and none is ever set."""
+    alone, so no cookie is read for it (one may not stand in for a signature) and none is ever set. Nor has
+    the health check, which anyone may ask."""
 
     def open_session(self, app: Flask, request):
-        if request.path.startswith("/bridge/"):
+        if request.path.startswith("/bridge/") or request.path == "/healthz":
             return self.make_null_session(app)
         return super().open_session(app, request)
 

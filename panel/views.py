@@ -13,6 +13,7 @@ from core import pools as pool_service
 from core import settings as settings_service
 from core import vms as vm_service
 from core.extensions import db
+from core.health import health
 from core.models import VM, CronTask, DnsZone, IPPool, Product, Server, id_from_text, utcnow
 from core.products import ProductSettings, ProductSettingsError
 from core.products import validate as validate_product
@@ -39,24 +40,6 @@ class ActionForm(FlaskForm):
 
 # ----------------------------------------------------------------------------- dashboard
 
-def _health() -> dict:
-    """Whether Redis and the workers answer (when Redis is used) and when the tick last ran."""
-    last_tick = db.session.scalar(select(func.max(CronTask.last_run_at)))
-    health = {"mode": "rq" if current_app.config.get("REDIS_URL") else "ticker", "last_tick": last_tick,
-              "tick_late": last_tick is None or utcnow() - last_tick > timedelta(minutes=5),
-              "redis": None, "workers": None}
-    if current_app.config.get("REDIS_URL"):
-        from core.queue import redis_connection
-        try:
-            conn = redis_connection()
-            conn.ping()
-            from rq import Worker
-            health["redis"], health["workers"] = True, len(Worker.all(connection=conn))
-        except Exception:  # noqa: BLE001 - a down Redis is what this reports
-            health["redis"], health["workers"] = False, 0
-    return health
-
-
 @bp.get("/")
 @section("dashboard")
 def dashboard():
@@ -67,7 +50,7 @@ def dashboard():
         dns_zones=db.session.scalar(select(func.count()).select_from(DnsZone)) or 0,
         services=vm_service.active_services(), pipelines=pipelines,
         ready=counts.get("ready", 0), failing=counts.get("error_terminate", 0),
-        errors_24h=vm_service.errors_since(utcnow() - timedelta(hours=24)), health=_health())
+        errors_24h=vm_service.errors_since(utcnow() - timedelta(hours=24)), health=health())
 
 
 # ----------------------------------------------------------------------------- IP pools

@@ -1,0 +1,54 @@
+"""Whether this installation can do its work: the database answers, Redis and its workers answer (when
+Redis is used), the cron tick runs. The dashboard shows it; ``GET /healthz`` answers it to a load
+balancer or a monitor."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import func, select
+
+from .extensions import db
+from .models import CronTask, utcnow
+
+log = logging.getLogger("pkvm.health")
+TICK_LATE = timedelta(minutes=5)
+
+
+def health() -> dict:
+    """``database``: it answers; ``mode``: rq or ticker; ``redis``/``workers``: None without Redis;
+    ``last_tick``: when any cron task last ran; ``tick_late``: not in the last 5 minutes."""
+    report = {"database": True, "mode": "rq" if current_app.config.get("REDIS_URL") else "ticker",
+              "redis": None, "workers": None, "last_tick": None, "tick_late": True}
+    try:
+        report["last_tick"] = db.session.scalar(select(func.max(CronTask.last_run_at)))
+    except Exception:  # noqa: BLE001 - a database that does not answer is what this reports
+        log.warning("health: the database does not answer", exc_info=True)
+        db.session.rollback()
+        report["database"] = False
+    else:
+        report["tick_late"] = report["last_tick"] is None or utcnow() - report["last_tick"] > TICK_LATE
+    if report["mode"] == "rq":
+        from rq import Worker
+
+        from .queue import redis_connection
+        try:
+            conn = redis_connection()
+            conn.ping()
+            report["redis"], report["workers"] = True, len(Worker.all(connection=conn))
+        except Exception:  # noqa: BLE001 - a down Redis is what this reports
+            log.warning("health: Redis does not answer", exc_info=True)
+            report["redis"], report["workers"] = False, 0
+    return report
+
+
+def verdict(report: dict) -> str:
+    """``down``: the database or Redis does not answer (calls cannot be taken); ``degraded``: calls are
+    taken but nothing works them off (no tick lately, or no worker); ``ok``."""
+    if not report["database"] or report["redis"] is False:
+        return "down"
+    if report["tick_late"] or report["workers"] == 0:
+        return "degraded"
+    return "ok"
+

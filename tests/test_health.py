@@ -1,0 +1,63 @@
+"""``GET /healthz``: what a load balancer or a monitor asks, without a login, against the real servers."""
+from __future__ import annotations
+
+import secrets
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from conftest import make_app
+
+# A Redis database of its own: the worker count seen here is this test's alone.
+HEALTH_REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def healthz(app):
+    answer = app.test_client().get("/healthz")
+    assert answer.headers.get("Set-Cookie") is None  # nothing to log in to, no session
+    return answer.status_code, answer.get_json()
+
+
+def test_without_redis_it_is_degraded_until_the_cron_ticks(app, runner):
+    status, body = healthz(app)
+    assert status == 200
+    assert body == {"status": "degraded", "database": True, "mode": "ticker", "redis": None, "workers": None,
+                    "tick_late": True, "last_tick": None}
+    assert runner.invoke(args=["cron"]).exit_code == 0
+    status, body = healthz(app)
+    assert status == 200 and body["status"] == "ok" and body["tick_late"] is False
+    assert body["last_tick"] is not None
+
+
+def test_a_database_that_does_not_answer_is_down(tmp_path):
+    from app import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "REDIS_URL": None,
+                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'no-such-folder' / 'pkvm.sqlite3'}"})
+    with app.app_context():
+        status, body = healthz(app)
+    assert status == 503 and body["status"] == "down" and body["database"] is False
+
+
+def test_with_redis_it_counts_the_workers(tmp_path):
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}", REDIS_URL=HEALTH_REDIS_URL)
+    conn = Redis.from_url(HEALTH_REDIS_URL)
+    with app.app_context():
+        assert app.test_cli_runner().invoke(args=["cron"]).exit_code == 0
+        status, body = healthz(app)
+        assert status == 200 and body["mode"] == "rq" and body["redis"] is True
+        assert body["workers"] == 0 and body["status"] == "degraded"  # calls are taken, nothing works them
+        worker = SimpleWorker([Queue(f"pkvm-test-{secrets.token_hex(4)}", connection=conn)], connection=conn)
+        worker.register_birth()
+        try:
+            status, body = healthz(app)
+            assert status == 200 and body["workers"] == 1 and body["status"] == "ok"
+        finally:
+            worker.register_death()
+            conn.delete(worker.key)
+
+
+def test_redis_that_does_not_answer_is_down(tmp_path):
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}", REDIS_URL="redis://127.0.0.1:1/0")
+    with app.app_context():
+        status, body = healthz(app)
+    assert status == 503 and body["status"] == "down" and body["redis"] is False and body["workers"] == 0
