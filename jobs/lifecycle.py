@@ -224,24 +224,28 @@ def _backups_of(ctx: StepContext) -> list[tuple[str, str]]:
 
 
 def terminate(ctx: StepContext) -> StepResult:
-    """Stop, remove backups, delete DNS records, delete the VM with purge, hand the addresses back."""
+    """Stop, remove backups, delete DNS records, delete the VM with purge, hand the addresses back.
+
+    A delete that Proxmox is still running when this pass may wait no longer is not a failure: its task is
+    polled on the next pass, which goes straight back to it. Only a delete that fails is error_terminate."""
     vm, pve, out = ctx.vm, ctx.pve(), ctx.out
     try:
-        found = vm_location(pve, vm.vmid) if vm.vmid else None
-        if found is not None and found.get("name") == vm.name:
-            node = found["node"]
-            _stop_for_terminate(ctx, node)
-            for backup_node, volid in _backups_of(ctx):
-                storage = volid.split(":")[0]
-                pve.delete("nodes", backup_node, "storage", storage, "content", volid)
-                out.line(f"    backup removed: {volid}")
-            summary = dns.delete_records(dns_target(ctx), out.line)
-            out.line(f"    DNS: {summary.note}")
-            outcome = ctx.await_task(lambda: pve.delete("nodes", node, "qemu", vm.vmid, purge=1,
+        deleting = bool(vm.task_upid and vm.task_status == vm.status)  # started on an earlier pass
+        found = None if deleting or not vm.vmid else vm_location(pve, vm.vmid)
+        if deleting or (found is not None and found.get("name") == vm.name):
+            if not deleting:
+                _stop_for_terminate(ctx, found["node"])
+                for backup_node, volid in _backups_of(ctx):
+                    storage = volid.split(":")[0]
+                    pve.delete("nodes", backup_node, "storage", storage, "content", volid)
+                    out.line(f"    backup removed: {volid}")
+                summary = dns.delete_records(dns_target(ctx), out.line)
+                out.line(f"    DNS: {summary.note}")
+            outcome = ctx.await_task(lambda: pve.delete("nodes", found["node"], "qemu", vm.vmid, purge=1,
                                                         **{"destroy-unreferenced-disks": 1}),
                                      settings.get("api_heavy_timeout"), "delete")
             if isinstance(outcome, Wait):
-                raise StepFailed("the VM delete did not finish in time")
+                return outcome
             out.line("    VM deleted")
         else:
             summary = dns.delete_records(dns_target(ctx), out.line)

@@ -391,8 +391,12 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         ctx.commit()
         renew()
         out.line(_fmt_step("+", number, label, "success", step.source, step.target, seconds))
-        entry.update(to=step.target, result=f"skip ({done.note})" if done.note.startswith("skip") else "success",
-                     note=done.note)
+        if done.note.startswith("skip"):
+            # The VM Log shows a skipped step as "skip (no change)", with no duration of its own.
+            entry.update(result=f"skip ({done.note.removeprefix('skip').lstrip(' -')})", seconds=0)
+        else:
+            entry.update(result="success")
+        entry.update(to=step.target, note=done.note)
         steps.append(entry)
         result.steps += 1
     if outcome == "success":

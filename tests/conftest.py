@@ -317,10 +317,30 @@ def cluster(request, _pki):
         serving.stop()
 
 
+def hold_tasks(pve, task_type: str) -> threading.Event:
+    """Make every task of ``task_type`` (qmdestroy, ...) on ``pve`` keep running, before it does anything,
+    until the returned event is set, so a test can see it in progress whatever the machine's speed (the
+    cluster needs a non-zero time_scale, which runs tasks in the background)."""
+    released = threading.Event()
+    start_task = pve.task
+
+    async def task(node, ttype, tid, user, body, **kwargs):
+        if ttype == task_type:
+            work = body
+
+            async def body():
+                while not released.is_set():
+                    await asyncio.sleep(0.01)
+                return await work()
+        return await start_task(node, ttype, tid, user, body, **kwargs)
+
+    pve.task = task
+    return released
+
+
 def hold_migrations(pve) -> threading.Event:
-    """Make every qmigrate task on ``pve`` keep running until the returned event is set, so a test can see a
-    migration in progress whatever the machine's speed (the cluster needs a non-zero time_scale, which runs
-    tasks in the background)."""
+    """Like hold_tasks(pve, "qmigrate"), but the hold is inside the migration, where Proxmox has locked the
+    VM ("migrate") and moves its disks."""
     released = threading.Event()
     scaled_pause = pve.pause
 

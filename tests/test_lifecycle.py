@@ -8,12 +8,12 @@ from sqlalchemy import select
 from core import dns, ipam
 from core.dns.names import reverse_name
 from core.extensions import db
-from core.models import VM, IPAddress, Service
+from core.models import VM, IPAddress, Service, VMRun
 from core.products import PackageError, resolve_package
 from core.vault import unseal
 from jobs.cron import run_tick
 from jobs.pipeline import Output
-from tests.conftest import account_params, register_cluster
+from tests.conftest import account_params, hold_tasks, register_cluster
 from tests.dnspeers import powerdns  # noqa: F401 - fixture
 
 PRODUCT = dict(cpu_cores=2, ram_mb=2048, system_disk_gb=20, additional_disk_storage="local-lvm", additional_disk_gb=15,
@@ -129,6 +129,14 @@ def test_disk_downgrade_is_skipped_and_the_vm_never_stopped(app, bridge, cluster
     new = cluster.pve.requests[before:]
     assert not any(p.endswith(("/status/shutdown", "/status/stop", "/resize")) for _m, p, _b in new)
     assert "size=20G" in cluster.pve.vm(vm.vmid).config["scsi0"] and cluster.pve.vm(vm.vmid).status == "running"
+    # The VM Log shows skipped steps as "skip (reason)", with no duration of their own.
+    run = db.session.scalars(select(VMRun).where(VMRun.service_id == vm.service_id, VMRun.action == "change_package")
+                             .order_by(VMRun.id.desc())).first()
+    stop = next(step for step in run.steps if step["label"] == "Stop VM")
+    assert stop["result"] == "skip (no change)" and stop["seconds"] == 0
+    resize = next(step for step in run.steps if step["label"] == "Resize system disk")
+    assert resize["result"] == "skip (shrink not allowed by Proxmox)" and resize["seconds"] == 0
+    assert any(step["result"] == "success" and step["label"] == "Configure firewall" for step in run.steps)
 
 
 def test_additional_disk_zero_detaches_and_purges_the_disk(app, bridge, cluster, clock):
@@ -260,6 +268,51 @@ def test_a_failed_delete_is_error_terminate_never_retried_and_keeps_the_addresse
     tick(clock, only="processVirtualMachines")
     db.session.refresh(vm)
     assert vm.status == "remove" and ipam.assigned(5546) == []
+
+
+def ticks_until(clock, vm, status, lines):
+    """Tick (as cron does, a minute apart) until the VM reaches ``status``, for a cluster whose tasks take
+    real time (time_scale)."""
+    import time
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        clock.advance(60)
+        tick(clock, lines, only="processVirtualMachines")
+        db.session.refresh(vm)
+        if vm.status == status:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"still {vm.status}:\n" + "\n".join(lines))
+
+
+@pytest.mark.time_scale(0.001)
+def test_a_slow_delete_is_polled_on_the_next_pass_not_error_terminate(app, bridge, cluster, clock, whmcs_api):
+    """Terminate's error_terminate is for a delete that fails; one that Proxmox is still running when the
+    pass may wait no longer is polled again, never started twice."""
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    vm = db.session.get(VM, 5546)
+    ticks_until(clock, vm, "ready", [])
+    vmid = vm.vmid
+    delete_done = hold_tasks(cluster.pve, "qmdestroy")
+    assert bridge.call("TerminateAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "terminate" and ":qmdestroy:" in (vm.task_upid or ""), "\n".join(lines)
+    assert any(line.startswith("[~] 1. Terminate") and "delete still running" in line for line in lines)
+    assert vm.last_error_message is None and [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
+    clock.advance(60)
+    tick(clock, lines, only="processVirtualMachines")  # Proxmox is still deleting: polled, nothing redone
+    db.session.refresh(vm)
+    assert vm.status == "terminate"
+    delete_done.set()
+    ticks_until(clock, vm, "remove", lines)
+    deletes = [r for r in cluster.pve.requests if r[0] == "DELETE" and r[1].endswith(f"/qemu/{vmid}")]
+    assert len(deletes) == 1 and cluster.pve.vm(vmid) is None
+    assert ipam.assigned(5546) == [] and vm.task_upid is None
+    assert [c["description"] for c in whmcs_api.calls if c["action"] == "LogActivity"] == \
+        [f"Service ID: 5546 VM {vmid} terminated successfully"]
 
 
 # ----------------------------------------------------------------------------- passwords, redeploy
