@@ -139,6 +139,41 @@ def test_disk_downgrade_is_skipped_and_the_vm_never_stopped(app, bridge, cluster
     assert any(step["result"] == "success" and step["label"] == "Configure firewall" for step in run.steps)
 
 
+@pytest.mark.time_scale(0.001)
+def test_the_change_package_start_gets_its_minute_across_short_passes(app, bridge, cluster, clock):
+    """An RQ worker waits 5 s in a pass: a start Proxmox is still running is polled on the next pass, and only
+    a start that has not finished in 60 s is a failure."""
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    vm = db.session.get(VM, 5546)
+    ticks_until(clock, vm, "ready", [])
+    start_done = hold_tasks(cluster.pve, "qmstart")
+    bridge.call("ChangePackage", account_params(cluster, 5546, configoptions={"CPU Cores": "3"}))
+    lines: list[str] = []
+    for _ in range(30):  # the pipeline up to the start (a few passes: the stop and resizes take real time)
+        run_tick(Output(lines.append, clock), only="processVirtualMachines", max_wait=5)
+        db.session.refresh(vm)
+        if vm.task_upid and ":qmstart:" in vm.task_upid:
+            break
+        clock.advance(1)
+    assert vm.status == "cp_firewall" and vm.last_error_message is None, "\n".join(lines)
+    assert any(line.startswith("[~]") and "Start VM" in line for line in lines)
+    clock.advance(20)
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", max_wait=5)
+    db.session.refresh(vm)
+    assert vm.status == "cp_firewall" and vm.last_error_message is None  # 30 s in: still its minute
+    clock.advance(40)
+    lines.clear()
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", max_wait=5)
+    db.session.refresh(vm)
+    assert vm.status == "cp_firewall" and vm.task_upid is None
+    assert any(line.startswith("[!]") and "VM did not start within 60 seconds. Will retry." in line
+               for line in lines), "\n".join(lines)
+    start_done.set()
+    ticks_until(clock, vm, "ready", lines)
+    assert int(cluster.pve.vm(vm.vmid).config["cores"]) == 3 and cluster.pve.vm(vm.vmid).status == "running"
+
+
 def test_additional_disk_zero_detaches_and_purges_the_disk(app, bridge, cluster, clock):
     register_cluster(cluster, **PRODUCT)
     vm = deployed(bridge, cluster, clock)
