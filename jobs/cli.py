@@ -11,18 +11,24 @@ from .pipeline import Output, SystemClock
 
 HELP = """PUQ Proxmox KVM - Standalone Cron
 
-\b
 Usage:
-flask cron                                  Run all tasks (with interval checks)
-flask cron --task=processVirtualMachines    Run single task (skip interval check)
-flask cron --force                          Run all tasks (skip interval checks)
-flask cron --list                           Show tasks status
-flask cron --no-lock                        Run without lock (debug)
-flask cron --help                           Show this help
+flask cron                Run all tasks (with interval checks)
+flask cron --task=processVirtualMachines  Run single task (skip interval check)
+flask cron --force        Run all tasks (skip interval checks)
+flask cron --list         Show tasks status
+flask cron --no-lock      Run without lock (debug)
+flask cron --inline       Run VM pipelines in this process even when REDIS_URL is set
+flask cron --help         Show this help
 
-\b
 Available tasks:
 """ + "\n".join(f"{t.name} - {t.title} (default: {t.default_interval}m)" for t in TASKS)
+
+
+class CronCommand(click.Command):
+    """``--help`` prints the original's help screen as it is, not click's usage and options layout."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write(HELP + "\n")
 
 
 def _echo(text: str) -> None:
@@ -30,7 +36,7 @@ def _echo(text: str) -> None:
     sys.stdout.flush()
 
 
-@click.command("cron", help=HELP)
+@click.command("cron", cls=CronCommand, help=HELP.splitlines()[0])
 @click.option("--task", "task", metavar="NAME", help="Run one task, skipping its interval check.")
 @click.option("--force", is_flag=True, help="Run all tasks, skipping interval checks.")
 @click.option("--list", "show_list", is_flag=True, help="Show the tasks and their status.")

@@ -221,6 +221,7 @@ def run_tick(out: Output, clock: Clock | None = None, only: str | None = None, f
         since = f"{row.acquired_at:%Y-%m-%d %H:%M:%S}" if row else "?"
         out.stamped(f"Cron is already running (lock held by {row.holder if row else '?'} since {since}); "
                     "skipping this run")
+        out.stamped(f"PUQ Proxmox KVM Cron End ({_seconds(clock.monotonic() - began)} total)")
         return ctx
     try:
         for task in TASKS:

@@ -13,7 +13,11 @@ from jobs.pipeline import Output
 def test_help_lists_usage_and_tasks(runner):
     result = runner.invoke(args=["cron", "--help"])
     assert result.exit_code == 0
-    assert "flask cron --task=processVirtualMachines" in result.output
+    # the original's help screen, line for line (with flask cron for php cron.php, and --inline)
+    assert result.output.splitlines()[:4] == [
+        "PUQ Proxmox KVM - Standalone Cron", "", "Usage:", "flask cron                Run all tasks (with interval checks)"]
+    assert "flask cron --task=processVirtualMachines  Run single task (skip interval check)" in result.output
+    assert "flask cron --help         Show this help" in result.output and "Options:" not in result.output
     assert "collectingStatistics - Collecting Statistics (default: 60m)" in result.output
     assert "scheduleBackup - Schedule Backup (default: 5m)" in result.output
 
@@ -59,7 +63,8 @@ def test_held_lock_skips_the_run_and_a_stale_one_is_taken_over(app, clock):
     assert acquire_lock("other-host:1", clock)
     lines: list[str] = []
     run_tick(Output(lines.append, clock))
-    assert len(lines) == 2 and "already running (lock held by other-host:1" in lines[1]
+    assert len(lines) == 3 and "already running (lock held by other-host:1" in lines[1]
+    assert lines[2].endswith("PUQ Proxmox KVM Cron End (0s total)")
     assert db.session.get(CronTask, "processVirtualMachines") is None
     clock.advance(601)
     lines.clear()
