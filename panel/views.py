@@ -133,12 +133,15 @@ def pool_rdns_hint():
 
 # ----------------------------------------------------------------------------- VM management
 
+VM_PAGE_SIZES = (10, 25, 50, 100)  # "Show N entries"; 10 first, as the original's table
+
+
 def _vm_query() -> dict:
     return {"service_status": request.args.get("service_status", ""), "vm_status": request.args.get("vm_status", ""),
             "search": request.args.get("q", ""), "sort": request.args.get("sort", "id"),
             "descending": request.args.get("dir", "desc") != "asc",
             "page": request.args.get("page", 1, type=int) or 1,
-            "per_page": request.args.get("per_page", 25, type=int) or 25}
+            "per_page": request.args.get("per_page", VM_PAGE_SIZES[0], type=int) or VM_PAGE_SIZES[0]}
 
 
 @bp.get("/vms")
@@ -147,7 +150,7 @@ def vms():
     query = _vm_query()
     page = vm_service.list_vms(**query)
     statuses = sorted(db.session.scalars(select(VM.status).distinct()))
-    return render_template("vms.html", page=page, query=query, statuses=statuses,
+    return render_template("vms.html", page=page, query=query, statuses=statuses, page_sizes=VM_PAGE_SIZES,
                            service_statuses=vm_service.SERVICE_STATUSES, reset_statuses=vm_service.RESET_STATUSES,
                            deletable=vm_service.DELETABLE, form=ActionForm(), service_labels=vm_service.SERVICE_LABELS)
 
@@ -369,8 +372,19 @@ def settings_cron():
             flash(_("Cron settings saved."), "success")
             return redirect(url_for("panel.settings_cron"))
     return render_template("settings_cron.html", values=settings_service.public(), tasks=_task_rows(), form=form,
-                           task_info=settings_service.TASK_INFO,
+                           task_info=settings_service.TASK_INFO, crontab_line=_crontab_line(),
                            errors=errors, posted=request.form if errors else {}), 400 if errors else 200
+
+
+def _crontab_line() -> str:
+    """The crontab line for this installation: its folder, its flask command, its instance folder."""
+    import shlex
+    import sys
+    from pathlib import Path
+    root = Path(current_app.root_path)
+    flask = Path(sys.executable).with_name("flask")
+    return (f"* * * * * cd {shlex.quote(str(root))} && PKVM_INSTANCE_PATH={shlex.quote(current_app.instance_path)} "
+            f"{shlex.quote(str(flask))} cron > /dev/null 2>&1")
 
 
 def _task_rows() -> list[dict]:

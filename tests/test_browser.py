@@ -201,15 +201,16 @@ def test_pool_add_with_live_rdns_hint_and_usage_bar(tab, served, request):
     new = rows.filter(has_text="192.168.130.1")
     expect(new.locator("td").nth(3)).to_have_text("vmbr0")
     addresses = new.locator("td").nth(7)
-    expect(addresses).to_contain_text("192.168.130.2 – 192.168.130.254")
-    expect(addresses.locator(".sub")).to_have_text("rDNS zone: 130.168.192.in-addr.arpa")
+    expect(addresses).to_contain_text("253")  # the pool's total, then its range and rDNS zone
+    expect(addresses.locator(".sub").first).to_have_text("192.168.130.2 – 192.168.130.254")
+    expect(addresses.locator(".sub").last).to_have_text("rDNS zone: 130.168.192.in-addr.arpa")
     usage = new.locator(".usage")
     expect(usage).to_be_visible()
     expect(usage).to_have_attribute("aria-valuemax", "253")
     expect(usage).to_have_attribute("aria-valuenow", "0")
     # the older pool's bar is drawn 3/5 full
     old = rows.filter(has_text="10.20.30.1")
-    expect(old.locator("td").nth(7).locator(".sub")).to_have_text("rDNS zone: classless delegation required")
+    expect(old.locator("td").nth(7).locator(".sub").last).to_have_text("rDNS zone: classless delegation required")
     bar = old.locator(".usage").bounding_box()
     fill = old.locator(".usage span").bounding_box()
     assert bar and fill and abs(fill["width"] / bar["width"] - 0.6) < 0.02, (bar, fill)
@@ -298,7 +299,7 @@ def test_vm_status_filter_is_remembered_across_visits(tab, served, request):
     status_filter = tab.locator("#vm-filters select[name=vm_status]")
     with tab.expect_navigation():
         status_filter.select_option("ready")  # the form submits on change
-    expect(tab).to_have_url(served.url + "/vms?service_status=&vm_status=ready&q=&sort=id&dir=desc")
+    expect(tab).to_have_url(served.url + "/vms?service_status=&vm_status=ready&q=&per_page=10&sort=id&dir=desc")
     expect(rows).to_have_count(2)
     assert tab.evaluate("JSON.parse(localStorage.getItem('vm-filters'))") == \
         {"service_status": "", "vm_status": "ready"}

@@ -172,6 +172,25 @@ def test_vm_management_lists_searches_and_escapes(logged_in):
     assert statuses["5546"]["status"] == "set_cloudinit" and set(statuses) == {"5546", "5547"}
 
 
+def test_vm_management_shows_ten_entries_by_default_and_more_on_request(logged_in):
+    seed_fleet(12)
+    html = logged_in.get("/vms").get_data(as_text=True)
+    assert "Showing 1 to 10 of 12 entries" in html and html.count('<tr data-service="') == 10
+    assert '<option value="10" selected>10</option>' in html and '<option value="100" >100</option>' in html
+    html = logged_in.get("/vms?per_page=25").get_data(as_text=True)
+    assert "Showing 1 to 12 of 12 entries" in html and '<option value="25" selected>25</option>' in html
+
+
+def test_cron_settings_show_this_installations_crontab_line(logged_in, app):
+    import sys
+    from pathlib import Path
+    html = logged_in.get("/settings/cron").get_data(as_text=True)
+    assert "Crontab Setup" in html and "This prevents stuck locks from blocking all future cron executions." in html
+    line = f"* * * * * cd {app.root_path} &amp;&amp; PKVM_INSTANCE_PATH={app.instance_path} " \
+           f"{Path(sys.executable).with_name('flask')} cron &gt; /dev/null 2&gt;&amp;1"
+    assert line in html and "rq cron jobs/rq_cron.py" in html and "flask cron --task=processVirtualMachines" in html
+
+
 def test_vm_reset_redeploy_log_record_and_delete(logged_in):
     seed_fleet(2)
     db.session.add(VMRun(service_id=5546, action="deploy", from_status="creation", to_status="set_cloudinit",
