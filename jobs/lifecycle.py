@@ -172,7 +172,7 @@ CHANGE_PACKAGE = register(Pipeline("ChangePackage", "change_package", (
     Step("Configure firewall", "cp_network", "cp_firewall", configure_firewall),
     Step("Start VM", "cp_firewall", "cp_start", cp_start),
     Step("Verify running", "cp_start", "ready", cp_verify),
-)))
+), label_width=38))  # the original's change-package output pads wider
 
 
 # --------------------------------------------------------------------------- terminate

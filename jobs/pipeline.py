@@ -36,7 +36,6 @@ from core.vault import unseal
 
 log = logging.getLogger(__name__)
 RUNS_KEPT = 50
-LABEL_WIDTH = 35
 
 
 class Clock(Protocol):
@@ -105,6 +104,7 @@ class Pipeline:
     action: str  # "deploy": the sid line and the run log
     steps: tuple[Step, ...]
     final: str = "ready"
+    label_width: int = 34  # the "N. label" column of the output, as the original pads it
 
     def step_from(self, status: str) -> Step | None:
         for step in self.steps:
@@ -238,8 +238,9 @@ class RunResult:
     step_cpu: list[float] = field(default_factory=list)
 
 
-def _fmt_step(mark: str, number: int, label: str, body: str, source: str, target: str, seconds: float) -> str:
-    return f"[{mark}] {f'{number}. {label}'.ljust(LABEL_WIDTH)} {body} ({source} -> {target}) [{seconds:.2f}s]"
+def _fmt_step(mark: str, number: int, label: str, width: int, body: str, source: str, target: str,
+              seconds: float) -> str:
+    return f"[{mark}] {f'{number}. {label}'.ljust(width)} {body} ({source} -> {target}) [{seconds:.2f}s]"
 
 
 def claim(service_id: int, owner: str, lease_seconds: float, clock: Clock) -> bool:
@@ -368,7 +369,8 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
                 message = f"{error.rstrip('.')}. Admin action required."
             else:
                 message = error if error.endswith("Will retry.") else f"{error.rstrip('.')}. Will retry."
-            out.line(_fmt_step("!", number, step.label, message, step.source, stays, seconds))
+            out.line(_fmt_step("!", number, step.label, pipeline.label_width, message, step.source, stays,
+                               seconds))
             entry.update(to=stays, result="error: " + error)
             steps.append(entry)
             vm.status = stays
@@ -379,8 +381,8 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             outcome, result.message = "error", message
             break
         if isinstance(done, Wait):
-            out.line(_fmt_step("~", number, step.label, f"waiting - {done.reason}", step.source, step.source,
-                               seconds))
+            out.line(_fmt_step("~", number, step.label, pipeline.label_width, f"waiting - {done.reason}",
+                               step.source, step.source, seconds))
             entry.update(to=step.source, result="waiting")
             steps.append(entry)
             vm.next_run_at = clock.now() + timedelta(seconds=max(ctx.poll_seconds, 1.0))
@@ -390,7 +392,7 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         vm.status = step.target
         ctx.commit()
         renew()
-        out.line(_fmt_step("+", number, label, "success", step.source, step.target, seconds))
+        out.line(_fmt_step("+", number, label, pipeline.label_width, "success", step.source, step.target, seconds))
         if done.note.startswith("skip"):
             # The VM Log shows a skipped step as "skip (no change)", with no duration of its own.
             entry.update(result=f"skip ({done.note.removeprefix('skip').lstrip(' -')})", seconds=0)

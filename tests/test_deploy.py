@@ -97,6 +97,9 @@ def test_cron_output_is_the_original_format(app, bridge, cluster, clock):
         "set_additional_disk_bandwidth", "set_network", "set_firewall", "set_cloudinit", "starting"]
     assert labels[-1].group(4) == "ready"
     assert steps[3].startswith("[+] 4. Migrate to target node")
+    # padded as the original's example: "[+] 1. Migrate to target node          success (clone -> migrated)"
+    assert steps[3].startswith("[+] 4. Migrate to target node          success (clone -> migrated) [")
+    assert all(s.index(" success") == 38 for s in steps if len(s.split(" success")[0]) < 38)
     assert steps[1].startswith("[+] 2. Set DNS records (skip - no DNS zone configured) success")
     assert lines[19] == "--- Deploy complete: service=5546 status=ready ---"
     assert lines[20] == "2026-04-10 03:49:18 [processVirtualMachines] Done (0s) - processed: 1, errors: 0"

@@ -126,6 +126,9 @@ def test_disk_downgrade_is_skipped_and_the_vm_never_stopped(app, bridge, cluster
     joined = "\n".join(lines)
     assert "Resize system disk (skip - shrink not allowed by Proxmox) success" in joined
     assert any("Stop VM (skip - no change)" in line and "(cp_update_ip -> cp_stop)" in line for line in lines)
+    # the change-package block pads its labels wider, as the original's example
+    assert any(line.startswith("[+] 10. Configure firewall                 success (cp_network -> cp_firewall)")
+               for line in lines), "\n".join(lines)
     new = cluster.pve.requests[before:]
     assert not any(p.endswith(("/status/shutdown", "/status/stop", "/resize")) for _m, p, _b in new)
     assert "size=20G" in cluster.pve.vm(vm.vmid).config["scsi0"] and cluster.pve.vm(vm.vmid).status == "running"
