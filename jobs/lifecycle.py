@@ -200,6 +200,7 @@ def _stop_for_terminate(ctx: StepContext, node: str) -> None:
         waited, next_note = 0, PROGRESS_EVERY
         while waited < limit:
             clock.sleep(POLL)
+            ctx.keep_lease()
             waited += POLL
             if not running():
                 out.line(f"    VM stopped after {waited}s ({window})")

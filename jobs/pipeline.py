@@ -142,8 +142,12 @@ def active_statuses() -> set[str]:
 class StepContext:
     """What a step works with: the VM row and its service, the package, Proxmox, the clock, the output."""
 
-    def __init__(self, vm: VM, out: Output, clock: Clock, max_wait: float | None):
+    def __init__(self, vm: VM, out: Output, clock: Clock, max_wait: float | None,
+                 keep_lease: Callable[[], None] = lambda: None):
         self.vm = vm
+        # A step that waits long within one pass (terminate's stop windows) calls this between its polls, so
+        # that its VM's lease never runs out under it and no other worker starts on the VM meanwhile.
+        self.keep_lease = keep_lease
         self.service: Service = vm.service
         self.server: Server = vm.server
         self.out = out
@@ -212,6 +216,7 @@ class StepContext:
             if left <= 0:
                 return Wait(f"{what} still running")
             self.clock.sleep(min(interval, left))
+            self.keep_lease()
             interval = min(interval * 2, self.poll_seconds * 4)
 
     def forget_task(self, commit: bool = True) -> None:
@@ -305,7 +310,7 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
     claimed = [clock.monotonic()]
 
     def renew() -> None:
-        """A long pass keeps its lease (checked between steps)."""
+        """A long pass keeps its lease (checked between steps and between a long step's polls)."""
         if clock.monotonic() - claimed[0] >= LEASE_SLACK:
             claim(service_id, owner, lease, clock)
             claimed[0] = clock.monotonic()
@@ -339,7 +344,7 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
 
 def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wait: float | None,
                   result: RunResult, renew: Callable[[], None] = lambda: None) -> None:
-    ctx = StepContext(vm, out, clock, max_wait)
+    ctx = StepContext(vm, out, clock, max_wait, keep_lease=renew)
     source, started, steps = vm.status, clock.now(), []
     out.line(f"--- {pipeline.name}: service={vm.service_id} vm={vm.vmid or '-'} status={vm.status} ---")
     number, error = 0, None

@@ -277,6 +277,34 @@ def test_terminate_forces_a_stubborn_guest_off_and_gives_the_addresses_back(app,
     assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.11"]
 
 
+def test_a_terminate_longer_than_its_lease_keeps_the_vm_to_itself(app, bridge, cluster, clock):
+    """An RQ worker's lease (5 s of waiting per pass, plus two API calls at the heavy timeout and a minute;
+    85 s with a 10 s timeout) can be shorter than terminate's stop windows (120 s, then 60 s): the step keeps
+    renewing it, so a second worker that looks at the VM meanwhile never gets it."""
+    from jobs.pipeline import claim, lease_seconds
+    from core import settings
+    settings.update({"api_heavy_timeout": 10})
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    cluster.pve.vm(vm.vmid).shutdown_secs = 500  # only the force stop ends it
+    cluster.pve.fail("POST", "/status/stop", 500, "busy", times=1)  # TerminateAccount's own quick stop
+    bridge.call("TerminateAccount", account_params(cluster, 5546))
+    lease = lease_seconds(5)
+    began, others = clock.monotonic(), []
+    sleep = clock.sleep
+
+    def sleep_and_let_another_worker_try(seconds):
+        sleep(seconds)
+        if clock.monotonic() - began > lease + 5 and not others:
+            others.append(claim(5546, "another-worker", lease, clock))
+    clock.sleep = sleep_and_let_another_worker_try
+    lines: list[str] = []
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", max_wait=5)
+    db.session.refresh(vm)
+    assert others == [False], "\n".join(lines)
+    assert vm.status == "remove" and "VM deleted" in "\n".join(lines)
+
+
 def test_a_failed_delete_is_error_terminate_never_retried_and_keeps_the_addresses(app, bridge, cluster, clock,
                                                                                   whmcs_api):
     register_cluster(cluster, **PRODUCT)
