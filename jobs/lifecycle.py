@@ -47,7 +47,9 @@ def _hardware_changes(ctx: StepContext) -> list[str]:
 
 
 def cp_update_ip(ctx: StepContext) -> StepResult:
-    """Addresses to the package's counts (allocate or hand back), then DNS, the IPSet and cloud-init."""
+    """Addresses to the package's counts (allocate or hand back), then DNS and the IPSet rewritten whole (as
+    the original does on every change package: it also repairs records changed by hand), and cloud-init's
+    addresses when they changed."""
     pkg, vm = ctx.package, ctx.vm
     if pkg.dhcp:
         return Done("skip - DHCP")
@@ -62,19 +64,20 @@ def cp_update_ip(ctx: StepContext) -> StepResult:
     except ipam.NoFreeAddress as exc:
         raise StepFailed(str(exc)) from None
     after = {a.address for a in ipam.assigned(ctx.service.id)}
-    if before == after:
-        return Done("skip - no change")
     removed = sorted(before - after)
-    rev = {ip: name for ip, name in (vm.rev_dns or {}).items() if ip not in removed}
-    for address in after - before:
-        rev.setdefault(address, dns_target(ctx).fqdn)
-    vm.rev_dns = rev
-    ctx.commit()
+    if before != after:
+        rev = {ip: name for ip, name in (vm.rev_dns or {}).items() if ip not in removed}
+        for address in after - before:
+            rev.setdefault(address, dns_target(ctx).fqdn)
+        vm.rev_dns = rev
+        ctx.commit()
     if removed:
         dns.delete_records(dns.Target(ctx.service.id, "", removed, {}), ctx.out.line)
     summary = dns.resync(dns_target(ctx), ctx.out.line)
     if pkg.firewall_enable:
         sync_ipset(ctx)
+    if before == after:
+        return Done(f"addresses unchanged; DNS: {summary.note}")
     _put_config(ctx, **{k: v for k, v in cloudinit_values(ctx).items() if k in ("ipconfig0", "nameserver")})
     return Done(f"+{len(after - before)} -{len(removed)} addresses; {summary.note}")
 

@@ -114,6 +114,16 @@ def test_upgrade_changes_cpu_ram_disks_addresses_ipset_cloudinit_and_dns(app, br
     assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
     assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == [] and powerdns.dig(fqdn, "AAAA") == []
     assert db.session.scalar(select(IPAddress).where(IPAddress.address == "192.0.2.11")).service_id is None
+    # a change package that keeps the addresses still rewrites the records whole, as the original does: one
+    # edited by hand in the DNS server is put back
+    powerdns.patch("example.com", {"name": fqdn + ".", "type": "A", "ttl": 300, "changetype": "REPLACE",
+                                   "records": [{"content": "198.51.100.7", "disabled": False}]})
+    assert powerdns.dig(fqdn, "A") == ["198.51.100.7"]
+    lines = change(bridge, cluster, clock, {"IPv4 Addresses": "1", "IPv6 Addresses": "0", "CPU Cores": "2",
+                                            "RAM": "4 GB", "System Disk": "40", "Additional Disk": "30"})
+    assert any(line.startswith("[+] 1. Update IP + DNS + Firewall (addresses unchanged; DNS:") for line in lines), \
+        "\n".join(lines)
+    assert powerdns.dig(fqdn, "A") == ["192.0.2.10"] and [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
 
 
 def test_disk_downgrade_is_skipped_and_the_vm_never_stopped(app, bridge, cluster, clock):
