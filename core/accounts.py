@@ -209,7 +209,7 @@ _UPSERTS: dict[tuple, Any] = {}
 _INSERT_VM, _INSERT_LOG = insert(_vms), insert(_log)
 _RESET_VM = update(_vms).where(_vms.c.service_id == bindparam("key")).values(
     vmid=None, node="", mac="", task_upid=None, task_status=None, task_started_at=None, next_run_at=None,
-    last_error_action=None, last_error_message=None, last_error_at=None)
+    last_error_action=None, last_error_message=None, last_error_at=None, welcome_sent_at=None)
 
 
 def _upsert(connection, table, values: dict[str, Any]) -> None:

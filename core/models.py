@@ -140,6 +140,9 @@ class VM(db.Model):
     mac: Mapped[str] = mapped_column(String(32), default="")
     # A template the client chose at a reinstall (another OS than the package's), if any.
     os_template: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # When the Welcome email went out: once per order (a reinstall's VM is not a new one; a redeploy or a new
+    # order of a terminated service starts over).
+    welcome_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     rev_dns: Mapped[dict] = mapped_column(JSON, default=dict)
     snapshots: Mapped[int] = mapped_column(Integer, default=0)
     backups: Mapped[int] = mapped_column(Integer, default=0)

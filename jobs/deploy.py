@@ -198,7 +198,14 @@ def send_mail(ctx: StepContext, template: str, customvars: dict, what: str) -> S
 
 
 def _after_clone(ctx: StepContext) -> StepResult:
-    return send_mail(ctx, ctx.package.email_welcome, {"vm_name": ctx.vm.name, "vmid": str(ctx.vm.vmid)}, "welcome")
+    """The Welcome email ("your VM is being created"), once per order: not again for a reinstall's clone."""
+    vm = ctx.vm
+    if vm.welcome_sent_at is not None:
+        return Done()
+    done = send_mail(ctx, ctx.package.email_welcome, {"vm_name": vm.name, "vmid": str(vm.vmid)}, "welcome")
+    if not done.note:  # sent, or no Welcome template set: nothing to send later
+        vm.welcome_sent_at = ctx.clock.now()
+    return done
 
 
 def migrate(ctx: StepContext) -> StepResult:

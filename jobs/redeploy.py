@@ -44,7 +44,7 @@ def remove_for_redeploy(ctx: StepContext) -> StepResult:
     vm = ctx.vm
     ipam.release(vm.service_id)
     db.session.execute(delete(VMRun).where(VMRun.service_id == vm.service_id))
-    vm.vmid, vm.node, vm.mac, vm.rev_dns = None, "", "", {}
+    vm.vmid, vm.node, vm.mac, vm.rev_dns, vm.welcome_sent_at = None, "", "", {}, None
     vm.last_error_action = vm.last_error_message = vm.last_error_at = None
     ctx.commit()
     return Done()

@@ -428,9 +428,11 @@ def test_redeploy_button_from_whmcs(app, bridge, cluster, clock):
     assert answer["result"] == "error" and "ready VM is not redeployed" in answer["message"]
 
 
-def test_reinstall_onto_another_template_keeps_ip_mac_and_vmid(app, bridge, cluster, clock):
-    register_cluster(cluster, **PRODUCT)
+def test_reinstall_onto_another_template_keeps_ip_mac_and_vmid(app, bridge, cluster, clock, whmcs_api):
+    register_cluster(cluster, **{**PRODUCT, "email_welcome": "puqProxmoxKVM Welcome Email",
+                                 "email_vm_ready": "puqProxmoxKVM VM Ready"})
     vm = deployed(bridge, cluster, clock)
+    assert whmcs_api.emails() == ["puqProxmoxKVM Welcome Email", "puqProxmoxKVM VM Ready"]
     vmid, mac, addresses = vm.vmid, vm.mac, [a.address for a in ipam.assigned(5546)]
     from core.proxmox.client import Pve, endpoint_for
     pve = Pve(endpoint_for(vm.server, unseal(vm.server.token_secret), app.instance_path))
@@ -448,6 +450,8 @@ def test_reinstall_onto_another_template_keeps_ip_mac_and_vmid(app, bridge, clus
         .endswith("/nodes/pve1/qemu/9001/clone")
     guest = cluster.pve.vm(vmid)
     assert guest.status == "running" and mac in guest.config["net0"] and not guest.snapshots
+    # the client hears that the VM is ready again, not the Welcome of a new order
+    assert whmcs_api.emails() == ["puqProxmoxKVM Welcome Email", "puqProxmoxKVM VM Ready", "puqProxmoxKVM VM Ready"]
     assert bridge.call("Reinstall", {**account_params(cluster, 5546), "template": 99}).status_code == 400
 
 
