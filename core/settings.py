@@ -5,6 +5,7 @@ sealed at rest and never returned by ``public()``.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class Spec:
     maximum: int | None = None
     choices: tuple[str, ...] | None = None
     secret: bool = False
+    url: bool = False  # empty, or an http:// or https:// address
 
 
 # Cron task intervals are minutes; 0 disables a task (seed 002, "Cron Settings").
@@ -68,7 +70,8 @@ SPECS: dict[str, Spec] = {
     "delete_data_on_uninstall": Spec(False, bool),
     "cron_mode": Spec("hook", str, choices=("hook", "standalone")),
     "cron_lock_timeout": Spec(600, int, 10, 86400),
-    "whmcs_api_url": Spec("", str),
+    "whmcs_api_url": Spec("", str, url=True),
+    "whmcs_admin_url": Spec("", str, url=True),
     "whmcs_api_identifier": Spec("", str),
     "whmcs_api_secret": Spec("", str, secret=True),
     "dns_json_allowlist": Spec("", str),
@@ -108,9 +111,21 @@ def coerce(key: str, value: Any) -> Any:
         raise SettingError({key: kind}) from None
     if spec.minimum is not None and value < spec.minimum or spec.maximum is not None and value > spec.maximum:
         raise SettingError({key: _l("Must be between %(min)s and %(max)s.", min=spec.minimum, max=spec.maximum)})
+    if spec.url and value and not _is_web_address(value):
+        raise SettingError({key: _l("Must be an http:// or https:// address.")})
     if spec.choices and value not in spec.choices:
         raise SettingError({key: _l("Must be one of: %(choices)s.", choices=", ".join(spec.choices))})
     return value
+
+
+# An http(s) address with a host, no spaces; WEB_ADDRESS_PATTERN is the same rule for the API's schema
+# (which also allows the empty value and the spaces around a value that coerce() strips).
+WEB_ADDRESS = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+WEB_ADDRESS_PATTERN = r"^\s*(?:" + WEB_ADDRESS.pattern + r")?\s*$"
+
+
+def _is_web_address(value: str) -> bool:
+    return WEB_ADDRESS.fullmatch(value) is not None
 
 
 # The stored values read once for a stretch of work (a VM's pipeline pass), in this thread only.

@@ -7,7 +7,7 @@ from dataclasses import fields
 from core.dns import FIELDS as ZONE_FIELDS
 from core.dns import PROVIDERS, SECRET_FIELD
 from core.products import ProductSettings
-from core.settings import SPECS
+from core.settings import SPECS, WEB_ADDRESS_PATTERN
 from core.vms import RESET_STATUSES, SERVICE_STATUSES, SORTS
 
 
@@ -43,7 +43,8 @@ def _setting_schema(name: str) -> dict:
 SETTINGS = {"type": "object", "properties": {name: _setting_schema(name) for name in SPECS},
             "required": list(SPECS)}
 SETTINGS_INPUT = {"type": "object", "properties": {
-    name: {bool: {"type": "boolean"}, int: {"type": "integer"}, str: {"type": "string"}}[spec.kind]
+    name: {"type": "string", "pattern": WEB_ADDRESS_PATTERN} if spec.url else
+    {bool: {"type": "boolean"}, int: {"type": "integer"}, str: {"type": "string"}}[spec.kind]
     for name, spec in SPECS.items()}, "additionalProperties": False}
 POOL_INPUT = {"type": "object", "properties": {
     "server_id": {"type": "integer"}, "family": {"type": "integer", "enum": [4, 6]}, "bridge": {"type": "string"},

@@ -151,6 +151,7 @@ def vms():
     page = vm_service.list_vms(**query)
     statuses = sorted(db.session.scalars(select(VM.status).distinct()))
     return render_template("vms.html", page=page, query=query, statuses=statuses, page_sizes=VM_PAGE_SIZES,
+                           whmcs_admin=settings_service.get("whmcs_admin_url").rstrip("/"),
                            service_statuses=vm_service.SERVICE_STATUSES, reset_statuses=vm_service.RESET_STATUSES,
                            deletable=vm_service.DELETABLE, form=ActionForm(), service_labels=vm_service.SERVICE_LABELS)
 
@@ -324,7 +325,7 @@ def product_edit(product_id: int):
 # ----------------------------------------------------------------------------- settings
 
 GENERAL = ("api_timeout", "api_heavy_timeout", "migration_enabled", "migration_timeout", "delete_data_on_uninstall",
-           "whmcs_api_url", "whmcs_api_identifier", "whmcs_api_secret", "dns_json_allowlist")
+           "whmcs_api_url", "whmcs_api_identifier", "whmcs_api_secret", "whmcs_admin_url", "dns_json_allowlist")
 BOOLEANS = ("migration_enabled", "delete_data_on_uninstall")
 
 

@@ -256,6 +256,23 @@ def test_settings_validated_to_their_ranges_and_secret_never_shown(logged_in):
     assert "DISABLED" in html and "Process Virtual Machines" in html
 
 
+def test_whmcs_admin_url_links_service_ids_and_clients_to_whmcs(logged_in):
+    seed_fleet(1)
+    html = logged_in.get("/vms").get_data(as_text=True)
+    assert "clientsservices.php" not in html  # not set: plain text, as before
+    token = csrf_of(logged_in.get("/settings").get_data(as_text=True))
+    base = {"csrf_token": token, "api_timeout": "10", "api_heavy_timeout": "60", "migration_timeout": "300"}
+    for bad in ("javascript:alert(1)", "billing.example.com/admin", "https:///admin"):
+        answer = logged_in.post("/settings", data={**base, "whmcs_admin_url": bad})
+        assert answer.status_code == 400 and "Must be an http:// or https:// address." in answer.get_data(as_text=True)
+    assert logged_in.post("/settings", data={**base, "whmcs_api_url": "ftp://x"}).status_code == 400
+    assert logged_in.post("/settings", data={**base, "whmcs_admin_url": "https://billing.example.com/admin/"}) \
+        .status_code == 302
+    html = logged_in.get("/vms").get_data(as_text=True)
+    assert 'href="https://billing.example.com/admin/clientsservices.php?userid=1&amp;id=5546"' in html
+    assert 'href="https://billing.example.com/admin/clientssummary.php?userid=1"' in html
+
+
 def test_language_choice_and_rtl(logged_in, admin):
     token = csrf_of(logged_in.get("/").get_data(as_text=True))
     logged_in.post("/language", data={"csrf_token": token, "locale": "ar", "next": "/"})
