@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 import time
+from typing import Callable
 
 from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -23,6 +24,8 @@ from core.extensions import db
 from core.models import BridgeNonce
 
 NONCE = re.compile(r"^[0-9a-fA-F]{16,128}$")
+TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
 # Old nonces are purged on about one accepted call in this many.
 PURGE_ONE_IN = 50
 _INSERT_NONCE = insert(BridgeNonce.__table__)
@@ -50,24 +53,27 @@ def signed_headers(secret: str, method: str, path: str, body: bytes, now: float 
             "Content-Type": "application/json"}
 
 
-def verify(secret: str, headers, method: str, path: str, body: bytes, max_skew: int,
+def verify(secret: str, headers, method: str, path: str, body: bytes | Callable[[], bytes], max_skew: int,
            now: float | None = None, record: bool = True) -> tuple[str, int]:
     """Raise SignatureError unless the call is signed, fresh and not replayed; records the nonce in the
     session's transaction (uncommitted) unless told not to: the caller then records it with its own
-    writes, and a replay is refused there."""
+    writes, and a replay is refused there. ``body`` may be a function that reads it: it is called only for
+    a call whose headers are well formed and fresh, so a stranger cannot make us read a body first."""
     timestamp = headers.get("X-Bridge-Timestamp", "")
     nonce = headers.get("X-Bridge-Nonce", "")
     signature = headers.get("X-Bridge-Signature", "")
     if not (timestamp and nonce and signature):
         raise SignatureError("missing signature headers (X-Bridge-Timestamp, X-Bridge-Nonce, X-Bridge-Signature)")
-    if not (timestamp.isascii() and timestamp.isdigit()):
+    if not TIMESTAMP.match(timestamp):
         raise SignatureError("X-Bridge-Timestamp must be unix seconds")
     if not NONCE.match(nonce):
         raise SignatureError("X-Bridge-Nonce must be 16 to 128 hex characters")
+    if not SIGNATURE.match(signature):
+        raise SignatureError("X-Bridge-Signature must be 64 hex characters (HMAC-SHA256)")
     now = int(now if now is not None else time.time())
     if abs(now - int(timestamp)) > max_skew:
         raise SignatureError("stale or future timestamp: check the clocks of WHMCS and this server")
-    expected = sign(secret, timestamp, nonce, method, path, body)
+    expected = sign(secret, timestamp, nonce, method, path, body() if callable(body) else body)
     if not hmac.compare_digest(expected, signature.lower()):
         raise SignatureError("bad signature: check the shared secret")
     if secrets.randbelow(PURGE_ONE_IN) == 0:

@@ -57,7 +57,7 @@ def check_signature():
     deferred = getattr(handler, "one_transaction", False)
     try:
         nonce = verify(current_app.config["BRIDGE_SECRET"], request.headers, request.method, request.path,
-                       request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"],
+                       lambda: request.get_data(cache=True), current_app.config["BRIDGE_MAX_SKEW"],
                        record=not deferred)
     except SignatureError as exc:
         return jsonify(result="error", message=f"unauthorized: {exc}"), 401

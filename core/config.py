@@ -26,6 +26,8 @@ class Config:
     JOB_MAX_WAIT = 5.0
     JOB_REQUEUE_SECONDS = 3.0
     WTF_CSRF_TIME_LIMIT = 3600
+    # The largest request body taken (a WHMCS call's $params, a panel form): 1 MiB; larger is a 413.
+    MAX_CONTENT_LENGTH = 1024 * 1024
 
 
 def instance_secret(instance_path: str, name: str, nbytes: int = 32) -> str:

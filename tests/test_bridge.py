@@ -235,6 +235,43 @@ def test_a_timestamp_of_unicode_digits_is_refused_not_a_500(bridge, app):
     _assert_refused(bridge.call("CreateAccount", None, raw=body, headers=headers), before, "unix seconds")
 
 
+def test_malformed_signature_headers_are_refused_not_a_500(bridge, app):
+    """Found in review: a 5,000-digit timestamp (beyond int()'s limit) and a non-ASCII signature (which
+    compare_digest refuses) were 500s with a traceback in the log, for anyone."""
+    configure_product()
+    before = counts()
+    body = b"{}"
+    for header, value, message in (("X-Bridge-Timestamp", "1" * 5000, "unix seconds"),
+                                   ("X-Bridge-Signature", "\u00e9" * 64, "64 hex characters"),
+                                   ("X-Bridge-Signature", "ab" * 16, "64 hex characters")):
+        headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+        headers[header] = value
+        _assert_refused(bridge.call("CreateAccount", None, raw=body, headers=headers), before, message)
+
+
+def test_a_stranger_cannot_make_the_bridge_read_a_large_body(app, client):
+    """The headers are checked before the body is read, and no body over 1 MiB is taken at all."""
+    import werkzeug.wrappers.request as wrappers
+    reads = []
+    original = wrappers.Request.get_data
+
+    def counting(self, *args, **kwargs):
+        reads.append(self.path)
+        return original(self, *args, **kwargs)
+    wrappers.Request.get_data = counting
+    try:
+        answer = client.post("/bridge/v1/module/CreateAccount", data=b"x" * 1000,
+                             headers={"X-Bridge-Timestamp": "1", "X-Bridge-Nonce": "ab" * 8,
+                                      "X-Bridge-Signature": "00" * 32})
+        assert answer.status_code == 401 and "stale" in answer.get_json()["message"] and reads == []
+    finally:
+        wrappers.Request.get_data = original
+    big = json.dumps({"serviceid": 1, "padding": "x" * (1024 * 1024)}).encode()
+    headers = signed_headers(app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", big)
+    answer = client.post("/bridge/v1/module/CreateAccount", data=big, headers=headers)
+    assert answer.status_code == 413 and answer.get_json()["result"] == "error"
+
+
 def test_create_account_succeeds_when_the_queue_is_down(bridge, monkeypatch):
     """The VM row is committed before the deploy is queued: if the queue cannot take it now, the call has
     still done its work (the next tick queues the VM), so WHMCS hears success."""
