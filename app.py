@@ -86,6 +86,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(admin_cli)
     app.cli.add_command(translate_cli)
 
+    proxies = int(app.config.get("TRUSTED_PROXIES") or 0)
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+
     logging.getLogger("pkvm").setLevel(app.config.get("LOG_LEVEL", "INFO"))
     import core.models  # noqa: F401
     configure_mappers()  # once, here, rather than inside the first request of every worker process

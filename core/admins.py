@@ -51,10 +51,15 @@ def set_password(admin: Admin, password: str) -> None:
     db.session.commit()
 
 
+def _attempt_key(username: str) -> str:
+    """The name failures are counted under: as the login looks it up (stripped), in any case."""
+    return username.strip().lower()[:64]
+
+
 def throttled(username: str, remote_addr: str) -> bool:
     since = utcnow() - FAILURE_WINDOW
     by_name = db.session.scalar(select(func.count()).select_from(LoginAttempt).where(
-        LoginAttempt.username == username.lower(), LoginAttempt.at >= since)) or 0
+        LoginAttempt.username == _attempt_key(username), LoginAttempt.at >= since)) or 0
     by_addr = db.session.scalar(select(func.count()).select_from(LoginAttempt).where(
         LoginAttempt.remote_addr == remote_addr, LoginAttempt.at >= since)) or 0
     return by_name >= MAX_FAILURES or by_addr >= MAX_FAILURES_PER_ADDRESS
@@ -68,11 +73,11 @@ def authenticate(username: str, password: str, remote_addr: str) -> Admin | None
     # Compare against a dummy hash for unknown names, so timing does not tell which names exist.
     valid = check_password_hash(admin.password_hash if admin else _DUMMY, password)
     if admin is None or not valid or not admin.active:
-        db.session.add(LoginAttempt(username=username.lower()[:64], remote_addr=remote_addr[:64]))
+        db.session.add(LoginAttempt(username=_attempt_key(username), remote_addr=remote_addr[:64]))
         db.session.execute(delete(LoginAttempt).where(LoginAttempt.at < utcnow() - 4 * FAILURE_WINDOW))
         db.session.commit()
         return None
-    db.session.execute(delete(LoginAttempt).where(LoginAttempt.username == username.lower()))
+    db.session.execute(delete(LoginAttempt).where(LoginAttempt.username == _attempt_key(username)))
     admin.last_login_at = utcnow()
     db.session.commit()
     return admin

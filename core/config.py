@@ -26,6 +26,9 @@ class Config:
     JOB_MAX_WAIT = 5.0
     JOB_REQUEUE_SECONDS = 3.0
     WTF_CSRF_TIME_LIMIT = 3600
+    # Reverse proxies in front of the product whose X-Forwarded-For/-Proto/-Host are believed (0: none). Behind
+    # one, set it to 1: login throttling then counts the client's address, not the proxy's.
+    TRUSTED_PROXIES = 0
     # The largest request body taken (a WHMCS call's $params, a panel form): 1 MiB; larger is a 413.
     MAX_CONTENT_LENGTH = 1024 * 1024
 

@@ -77,6 +77,26 @@ def test_login_wrong_password_and_throttling(client, admin):
     answer = login(client)  # the right password, but too many failures just now
     assert answer.status_code == 429
     assert "Too many failed logins" in answer.get_data(as_text=True)
+    # found in review: the same name padded with spaces (which the login strips) or in other case once had
+    # fresh counts of its own
+    for variant in ("  root ", "ROOT", "root\t"):
+        assert login(client, username=variant).status_code == 429, variant
+
+
+def test_behind_a_trusted_proxy_failures_count_against_the_client_address(tmp_path):
+    from conftest import make_app
+    from core.models import LoginAttempt
+    for proxies, expected in ((0, "127.0.0.1"), (1, "203.0.113.9")):
+        app = make_app(tmp_path / str(proxies), f"sqlite:///{tmp_path / f'{proxies}.sqlite3'}",
+                       TRUSTED_PROXIES=proxies)
+        with app.app_context():
+            client = app.test_client()
+            page = client.get("/login").get_data(as_text=True)
+            client.post("/login", data={"username": "x", "password": "y", "csrf_token": csrf_of(page)},
+                        headers={"X-Forwarded-For": "203.0.113.9"})
+            assert [a.remote_addr for a in db.session.scalars(select(LoginAttempt))] == [expected]
+            db.session.remove()
+            db.engine.dispose()
 
 
 def test_unknown_user_and_next_redirect_is_local_only(client, admin):
