@@ -29,6 +29,9 @@ class Spec:
     choices: tuple[str, ...] | None = None
     secret: bool = False
     url: bool = False  # empty, or an http:// or https:// address
+    # A secret setting: the settings that say where it is sent. Changing one of them needs the secret typed
+    # again, so that nobody can have the stored secret sent to an address of their choosing.
+    sent_to: tuple[str, ...] = ()
 
 
 # Cron task intervals are minutes; 0 disables a task (seed 002, "Cron Settings").
@@ -73,7 +76,7 @@ SPECS: dict[str, Spec] = {
     "whmcs_api_url": Spec("", str, url=True),
     "whmcs_admin_url": Spec("", str, url=True),
     "whmcs_api_identifier": Spec("", str),
-    "whmcs_api_secret": Spec("", str, secret=True),
+    "whmcs_api_secret": Spec("", str, secret=True, sent_to=("whmcs_api_url", "whmcs_api_identifier")),
     "dns_json_allowlist": Spec("", str),
     **{f"interval_{name}": Spec(minutes, int, 0, 10080) for name, minutes in TASK_DEFAULTS.items()},
 }
@@ -169,6 +172,10 @@ def update(values: dict[str, Any]) -> None:
             clean[key] = coerce(key, value)
         except SettingError as exc:
             errors.update(exc.errors)
+    for key, spec in SPECS.items():
+        moved = [name for name in spec.sent_to if name in clean and clean[name] != get(name)]
+        if moved and key not in clean and get(key):
+            errors[key] = _l("Enter the secret again: where it is sent has changed.")
     if errors:
         raise SettingError(errors)
     for key, value in clean.items():

@@ -181,6 +181,14 @@ def test_zone_test_button_and_masked_secrets(app, client, powerdns, cloudflare):
     client.post(f"/dns/{good.id}", data={"csrf_token": token, "name": "example.com", "provider": "powerdns",
                                           "server_url": powerdns.url, "api_key": ""})
     assert dns.test_zone(db.session.get(DnsZone, good.id)) is None
+    # found in review: a new server URL with the stored key kept would send the key to that server on the
+    # next Test or sync; the key must be typed again
+    moved = client.post(f"/dns/{good.id}", data={"csrf_token": token, "name": "example.com", "provider": "powerdns",
+                                                 "server_url": "http://127.0.0.1:9/", "api_key": ""})
+    assert moved.status_code == 400
+    assert "Enter the secret again: where it is sent has changed." in moved.get_data(as_text=True)
+    db.session.expire_all()
+    assert db.session.get(DnsZone, good.id).settings["server_url"] == powerdns.url
     refused = client.post("/dns", data={"csrf_token": token, "name": "bad zone!", "provider": "hestiacp",
                                          "server_url": "ftp://x", "admin_password": "typed-secret"})
     text = refused.get_data(as_text=True)

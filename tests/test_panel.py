@@ -266,6 +266,13 @@ def test_settings_validated_to_their_ranges_and_secret_never_shown(logged_in):
     assert ok.status_code == 302
     html = logged_in.get("/settings").get_data(as_text=True)
     assert "top-secret-value" not in html and "(unchanged - enter new to replace)" in html
+    # found in review: a new API URL (or identifier) with the stored secret kept would send the secret there
+    base = {"csrf_token": token, "api_timeout": "20", "api_heavy_timeout": "90", "migration_timeout": "300"}
+    moved = logged_in.post("/settings", data={**base, "whmcs_api_url": "https://elsewhere.example/includes/api.php"})
+    assert moved.status_code == 400
+    assert "Enter the secret again: where it is sent has changed." in moved.get_data(as_text=True)
+    assert logged_in.post("/settings", data={**base, "whmcs_api_url": "https://elsewhere.example/includes/api.php",
+                                             "whmcs_api_secret": "the-new-secret"}).status_code == 302
     cron = logged_in.post("/settings/cron", data={"csrf_token": token, "cron_mode": "standalone",
                                                   "cron_lock_timeout": "600", "interval_processVirtualMachines": "2",
                                                   "interval_removeOldSnapshots": "0", "interval_restoreBackupStatus": "1",

@@ -77,6 +77,10 @@ def validate_zone(values: dict[str, Any], existing: DnsZone | None = None) -> di
     secret = str(secret or "")
     if not secret and (existing is None or existing.provider != provider or not existing.secret):
         errors[secret_key] = _l("Required.")
+    elif not secret and clean_settings != (existing.settings or {}):
+        # The stored secret goes only where it was entered for: a new server URL, user or zone id needs it
+        # typed again.
+        errors[secret_key] = _l("Enter the secret again: where it is sent has changed.")
     if errors:
         raise ZoneError(errors)
     return {"name": name, "provider": provider, "settings": clean_settings, "secret": secret}
