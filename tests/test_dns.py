@@ -228,3 +228,40 @@ def test_legacy_dns_json_is_served_only_to_the_allowlist(app, bridge, cluster, c
     fqdn = f"{vm.name}.example.com"
     assert {"forward": fqdn, "ip": "192.0.2.10", "reverse": fqdn} in answer
     assert len(answer) == 3
+
+
+def test_a_zone_test_shows_the_providers_own_errors_only():
+    """Found in review: Test showed 300 characters of whatever answered at the typed server URL, a way to
+    read internal pages; only the provider's own error messages are shown back now."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from core.dns.base import DnsError
+    from core.dns.hestiacp import HestiaCp
+    from core.dns.powerdns import PowerDns
+
+    class Internal(BaseHTTPRequestHandler):
+        def _answer(self):
+            body = b"internal admin page: db_password=hunter2"
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Internal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        for provider in (PowerDns("example.com", url, "key", 5), HestiaCp("example.com", url, "admin", "pw", "web", 5)):
+            try:
+                provider.check()
+            except DnsError as exc:
+                assert "HTTP 403" in str(exc) and "hunter2" not in str(exc) and "internal" not in str(exc)
+            else:
+                raise AssertionError(f"{type(provider).__name__} accepted the answer")
+    finally:
+        server.shutdown()

@@ -33,8 +33,10 @@ class HestiaCp:
         except requests.RequestException as exc:
             raise describe(exc, "HestiaCP") from None
         text = answer.text.strip()
-        if answer.status_code >= 400 or text.startswith("Error:"):
-            raise DnsError(f"HestiaCP {cmd}: {text[:300] or f'HTTP {answer.status_code}'}")
+        if text.startswith("Error:"):  # HestiaCP's own message
+            raise DnsError(f"HestiaCP {cmd}: {text.splitlines()[0][:300]}")
+        if answer.status_code >= 400:  # whatever else answers at a URL an admin typed is not shown back
+            raise DnsError(f"HestiaCP {cmd}: HTTP {answer.status_code}")
         return text
 
     def _list(self) -> dict:

@@ -31,11 +31,12 @@ class PowerDns:
         except requests.RequestException as exc:
             raise describe(exc, "PowerDNS") from None
         if answer.status_code >= 400:
+            # PowerDNS's own message only: whatever else answers at a URL an admin typed is not shown back.
             try:
-                text = answer.json().get("error") or answer.text
-            except ValueError:
-                text = answer.text
-            raise DnsError(f"PowerDNS HTTP {answer.status_code}: {text.strip()[:300]}")
+                text = str(answer.json().get("error") or "")
+            except (ValueError, AttributeError):
+                text = ""
+            raise DnsError(f"PowerDNS HTTP {answer.status_code}" + (f": {text.strip()[:300]}" if text else ""))
         return answer
 
     def check(self) -> None:
