@@ -365,10 +365,17 @@ def create_account(params: AccountParams, connection) -> tuple[str, bool]:
     return "creation", True
 
 
+def _secret_key(key: Any) -> bool:
+    """A key whose value is a secret: a known one, or any naming a password or a secret (a custom field
+    "Root Password", say), as the shim masks them."""
+    name = str(key).lower()
+    return name in SECRET_KEYS or "password" in name or "secret" in name
+
+
 def mask(payload: Any) -> Any:
     """A copy of a payload with every secret replaced, for the module log."""
     if isinstance(payload, dict):
-        return {k: ("********" if k.lower() in SECRET_KEYS and v else mask(v)) for k, v in payload.items()}
+        return {k: ("********" if _secret_key(k) and v else mask(v)) for k, v in payload.items()}
     if isinstance(payload, list):
         return [mask(v) for v in payload]
     return payload

@@ -62,7 +62,7 @@ def list_vms(service_status: str = "", vm_status: str = "", search: str = "", so
              descending: bool = True, page: int = 1, per_page: int = 25) -> Page:
     """One page of VMs across every server: three queries (count, page, its addresses) whatever the size."""
     per_page = max(1, min(int(per_page), 200))
-    page = max(1, int(page))
+    page = max(1, min(int(page), 1_000_000))  # no database takes an offset of any size
     query = (select(VM, Service, Client, Product, Server)
              .join(Service, Service.id == VM.service_id).join(Client, Client.id == Service.client_id)
              .join(Product, Product.id == Service.product_id).join(Server, Server.id == VM.server_id))
@@ -183,6 +183,10 @@ def update_record(vm: VM, values: dict[str, Any]) -> VM:
                 clean[key] = value
             else:
                 clean[key] = None if raw is None else str(raw)
+                limit = getattr(VM.__table__.c[key].type, "length", None)
+                if clean[key] is not None and limit and len(clean[key]) > limit:
+                    errors[key] = _l("At most %(count)s characters.", count=limit)
+                    continue
         except (TypeError, ValueError):
             errors[key] = _l("Must be a whole number.") if kind is int else \
                 _l("Must be a JSON object.") if kind is dict else _l("Invalid value.")

@@ -36,7 +36,9 @@ def counts():
 
 def test_create_account_records_vm_and_returns_success(bridge):
     configure_product()
-    answer = bridge.call("CreateAccount", params())
+    # a custom field named like a password is masked in the module log too, as the shim masks it
+    answer = bridge.call("CreateAccount", {**params(), "customfields": {"Root Password": "cf-root-pw",
+                                                                        "SSH Key": "ssh-ed25519 AAAA"}})
     assert answer.status_code == 200
     assert answer.get_json()["result"] == "success"
     vm = db.session.get(VM, 5546)
@@ -50,6 +52,7 @@ def test_create_account_records_vm_and_returns_success(bridge):
     assert server.verify_tls is True
     log = db.session.scalars(select(ModuleLog)).one()
     assert "token-secret-value" not in log.request and "S3cret-pass" not in log.request
+    assert "cf-root-pw" not in log.request and "ssh-ed25519 AAAA" in log.request
 
 
 def test_create_account_twice_does_not_start_a_second_vm(bridge):

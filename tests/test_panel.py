@@ -235,6 +235,12 @@ def test_vm_reset_redeploy_log_record_and_delete(logged_in):
     assert vm.status == "redeploy"
     bad = logged_in.post("/vms/5546/record", data={"csrf_token": token, "vmid": "abc", "rev_dns": "[1]"})
     assert bad.status_code == 400 and "Must be a whole number" in bad.get_data(as_text=True)
+    # found in review: a value longer than its column was a database error (a 500) on PostgreSQL and MariaDB
+    long = logged_in.post("/vms/5546/record", data={"csrf_token": token, "name": "n" * 256, "mac": "m" * 33})
+    assert long.status_code == 400 and "At most 255 characters." in long.get_data(as_text=True)
+    assert "At most 32 characters." in long.get_data(as_text=True)
+    # and a page number no database offset can take is an empty page, not a 500
+    assert logged_in.get("/vms?page=99999999999999999999").status_code == 200
     logged_in.post("/vms/5546/record", data={"csrf_token": token, "vmid": "2100", "status": "remove"})
     db.session.refresh(vm)
     assert (vm.vmid, vm.status) == (2100, "remove")
