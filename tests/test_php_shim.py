@@ -285,6 +285,17 @@ def test_unconfigured_shim_says_where_to_configure(cluster, shim):
     assert tested["success"] is False and "not configured" in tested["error"]
 
 
+def test_a_plain_http_bridge_url_is_refused_unless_on_this_machine(cluster, shim):
+    """Every call carries the Proxmox token secret and the service's password: over the network, https."""
+    params = account_params(cluster, 8106)
+    created, tested = shim.run(["puqProxmoxKVM_CreateAccount", "puqProxmoxKVM_TestConnection"], params,
+                               url="http://10.0.0.5:5000", secret="a" * 64)
+    assert "must use https://" in created and tested["success"] is False and "must use https://" in tested["error"]
+    for local in (f"http://127.0.0.1:{free_port()}", f"http://localhost:{free_port()}", f"http://[::1]:{free_port()}"):
+        created, = shim.run(["puqProxmoxKVM_CreateAccount"], params, url=local, secret="a" * 64)
+        assert "unreachable" in created, (local, created)
+
+
 def test_addon_declares_the_settings(shim):
     config, activated, deactivated = shim.run([
         "puq_proxmox_kvm_config", "puq_proxmox_kvm_activate", "puq_proxmox_kvm_deactivate",

@@ -120,6 +120,12 @@ final class Bridge
         } elseif (!preg_match('#^https?://[^/\s]+#i', $this->url)) {
             return 'The Bridge URL must start with https:// (or http://), not "' . $this->url . '": fix it in '
                 . 'Setup > Addon Modules > PUQ Proxmox KVM.';
+        } elseif (stripos($this->url, 'http://') === 0 && !self::isLoopback((string) parse_url($this->url, PHP_URL_HOST))) {
+            // Every call carries the Proxmox token secret and the service password: the signature keeps
+            // them from being changed, not from being read.
+            return 'The Bridge URL must use https:// (http:// only for a product on this machine, 127.0.0.1): '
+                . 'every call carries the Proxmox token secret and the client\'s password. Fix it in Setup > '
+                . 'Addon Modules > PUQ Proxmox KVM.';
         }
         if ($this->secret === '') {
             $missing[] = 'the Bridge Secret';
@@ -129,6 +135,13 @@ final class Bridge
         }
         return 'PUQ Proxmox KVM is not configured: set ' . implode(' and ', $missing) . ' in Setup > Addon '
             . 'Modules > PUQ Proxmox KVM (or PKVM_BRIDGE_URL / PKVM_BRIDGE_SECRET).';
+    }
+
+    /** Whether a host name or address is this machine (127.0.0.0/8, ::1, localhost). */
+    private static function isLoopback($host)
+    {
+        $host = strtolower(trim($host, '[]'));
+        return $host === 'localhost' || $host === '::1' || preg_match('/^127(\.\d{1,3}){3}$/', $host) === 1;
     }
 
     /** The address a module function is posted to. */
