@@ -162,6 +162,17 @@ def set_dns_records(payload: dict) -> tuple[dict, int]:
     return success()
 
 
+@module_function("AfterCronJob")
+def after_cron_job(payload: dict) -> tuple[dict, int]:
+    """WHMCS's cron has run (the addon's AfterCronJob hook). In the WHMCS Hook cron mode that starts a tick,
+    as the original's hook mode runs its tasks with WHMCS's cron; in Standalone mode nothing happens."""
+    from core import queue as work_queue
+    if setting("cron_mode") != "hook":
+        return {"result": "success", "tick": "skipped",
+                "message": "the cron mode is Standalone: this product's own scheduler runs the tasks"}, 200
+    return {"result": "success", "tick": work_queue.start_tick()}, 200
+
+
 def _account_action(name: str, act, payload: dict) -> tuple[dict, int]:
     """A module function over the whole $params: validate, act, answer WHMCS, log the call."""
     from core.products import PackageError

@@ -70,6 +70,31 @@ def enqueue_vm(service_id: int, delay: float = 0) -> bool:
     return True
 
 
+TICK_JOB = "jobs.worker.tick_job"
+TICK_IN_PROCESS = "jobs.ticker.tick_in_background"
+
+
+def start_tick() -> str:
+    """Have a full cron tick run soon (WHMCS's cron hook): with Redis one tick job (not doubled while one
+    waits: "queued" or "already queued"), without it a tick in a thread of this process ("started")."""
+    queue = rq_queue()
+    if queue is None:
+        import importlib
+        module, name = TICK_IN_PROCESS.rsplit(".", 1)
+        getattr(importlib.import_module(module), name)(current_app._get_current_object())
+        return "started"
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    job_id = f"{current_app.config['RQ_QUEUE']}-tick"
+    try:
+        if Job.fetch(job_id, connection=queue.connection).get_status(refresh=False) in ACTIVE_JOB_STATES:
+            return "already queued"  # waiting or running: a second tick would find nothing more to do
+    except NoSuchJobError:
+        pass
+    queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600)
+    return "queued"
+
+
 class JobFailed(Exception):
     """A job run on behalf of a request failed or did not finish in time."""
 

@@ -53,3 +53,21 @@ class Ticker(threading.Thread):
                 timeout = min(timeout, max(0.0, due))
             work_queue.wakeup.wait(timeout)
             work_queue.wakeup.clear()
+
+
+def tick_in_background(app: Flask) -> threading.Thread:
+    """One full tick now, in a thread of this process (a WHMCS cron hook without Redis); the cron lock keeps
+    it from running beside another tick."""
+    from .cron import run_tick
+    from .pipeline import Output
+
+    def run() -> None:
+        with app.app_context():
+            try:
+                max_wait = max(float(app.config["TASK_POLL_SECONDS"]), 1.0) * 2
+                run_tick(Output(log.info), inline=True, max_wait=max_wait, parallel=4)
+            except Exception:  # noqa: BLE001 - a thread's failure is logged, never raised into nowhere
+                log.exception("tick failed")
+    thread = threading.Thread(target=run, name="pkvm-hook-tick", daemon=True)
+    thread.start()
+    return thread

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WHMCS = ROOT / "whmcs"
 SERVER_MODULE = WHMCS / "modules" / "servers" / "puqProxmoxKVM" / "puqProxmoxKVM.php"
 ADDON_MODULE = WHMCS / "modules" / "addons" / "puq_proxmox_kvm" / "puq_proxmox_kvm.php"
+ADDON_HOOKS = ADDON_MODULE.with_name("hooks.php")
 PHP = shutil.which("php")
 
 # The PHP side of a test: WHMCS's environment reduced to what the modules use. The modules are required
@@ -46,6 +47,24 @@ function logModuleCall($module, $action, $request, $response, $processed = '', $
         'replace_sha256' => array_map(function ($s) { return hash('sha256', (string) $s); }, $replace),
     ];
     file_put_contents($GLOBALS['pkvm_log_file'], json_encode($line) . "\n", FILE_APPEND);
+}
+
+function add_hook($name, $priority, $callback)
+{
+    $GLOBALS['pkvm_hooks'][$name][] = $callback;
+}
+
+function run_hook($name, $vars = [])
+{
+    foreach ($GLOBALS['pkvm_hooks'][$name] ?? [] as $callback) {
+        $callback($vars);
+    }
+    return count($GLOBALS['pkvm_hooks'][$name] ?? []);
+}
+
+function logActivity($description)
+{
+    file_put_contents($GLOBALS['pkvm_log_file'], json_encode(['activity' => $description]) . "\n", FILE_APPEND);
 }
 
 class FakeServiceModel
@@ -294,6 +313,36 @@ def test_a_plain_http_bridge_url_is_refused_unless_on_this_machine(cluster, shim
     for local in (f"http://127.0.0.1:{free_port()}", f"http://localhost:{free_port()}", f"http://[::1]:{free_port()}"):
         created, = shim.run(["puqProxmoxKVM_CreateAccount"], params, url=local, secret="a" * 64)
         assert "unreachable" in created, (local, created)
+
+
+def test_whmcs_cron_hook_starts_a_tick_in_hook_mode_only(app, served, shim):
+    """The addon's AfterCronJob hook, as WHMCS runs it after its cron: in the product's WHMCS Hook mode (the
+    default, as the original's) a tick runs; in Standalone mode the call changes nothing."""
+    import time
+    from core import settings
+    from core.models import CronLock, CronTask
+    settings.update({"cron_mode": "standalone"})
+    count, = shim.run([["run_hook", ["AfterCronJob"]]], None, url=served, secret=app.config["BRIDGE_SECRET"],
+                      module=ADDON_HOOKS)
+    assert count == 1 and db.session.get(CronTask, "processVirtualMachines") is None
+    settings.update({"cron_mode": "hook"})
+    shim.run([["run_hook", ["AfterCronJob"]]], None, url=served, secret=app.config["BRIDGE_SECRET"],
+             module=ADDON_HOOKS)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the tick runs in a thread of the product's process, to its end
+        db.session.expire_all()
+        task = db.session.get(CronTask, "collectingStatistics")
+        if task is not None and task.last_run_at and db.session.get(CronLock, "cron") is None:
+            break
+        time.sleep(0.05)
+    assert db.session.get(CronTask, "processVirtualMachines").last_run_at is not None
+    assert not shim.lines()  # nothing to report in WHMCS's activity log
+    # a product that cannot be reached is noted in WHMCS's activity log, without the secret
+    shim.run([["run_hook", ["AfterCronJob"]]], None, url=f"http://127.0.0.1:{free_port()}", secret="b" * 64,
+             module=ADDON_HOOKS)
+    activity = [line["activity"] for line in shim.lines() if "activity" in line]
+    assert len(activity) == 1 and "the cron hook did not reach the product" in activity[0]
+    assert "b" * 64 not in shim.log.read_text()
 
 
 def test_addon_declares_the_settings(shim):

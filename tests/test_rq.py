@@ -163,6 +163,21 @@ def test_a_step_command_runs_on_a_worker_and_answers_the_request(rq_app, redis_c
     assert int(guest.pending.get("memory", guest.config["memory"])) == 1024
 
 
+def test_the_whmcs_cron_hook_queues_one_tick_job(rq_app, redis_conn):
+    """WHMCS Hook cron mode with Redis: the hook queues a tick job (never two at once) that a worker runs."""
+    from core import settings
+    from core.models import CronTask
+    app, queue = rq_app
+    bridge = Bridge(app, app.test_client())
+    assert bridge.call("AfterCronJob", {}).get_json() == {"result": "success", "tick": "queued"}
+    assert bridge.call("AfterCronJob", {}).get_json() == {"result": "success", "tick": "already queued"}
+    assert queue.job_ids == [f"{queue.name}-tick"]
+    work(queue, redis_conn)
+    assert db.session.get(CronTask, "processVirtualMachines").last_run_at is not None
+    settings.update({"cron_mode": "standalone"})
+    assert bridge.call("AfterCronJob", {}).get_json()["tick"] == "skipped" and queue.job_ids == []
+
+
 def test_the_preloaded_worker_process_deploys_a_vm(tmp_path, redis_conn, cluster, monkeypatch):
     """The real command line: ``rq worker -w jobs.worker.PreloadedWorker --burst`` in its own process,
     forking a work horse per job, with the app built once before the fork."""
