@@ -84,11 +84,31 @@ def _system_disk(ctx: StepContext) -> str | None:
     return disks.system_disk(_config(ctx))
 
 
-def _additional_disk(config: dict) -> str | None:
-    """The additional disk: the first data disk after the system disk."""
+def _storage_of(config: dict, key: str) -> str:
+    return disks.split_value(config.get(key, ""))[0].split(":", 1)[0]
+
+
+def _additional_disk(config: dict, pkg: Package) -> str | None:
+    """The additional disk this product manages: the first data disk after the system disk on the product's
+    additional disk storage. A disk an admin attached by hand elsewhere, or a template's second disk, is not
+    ours to resize or remove; a product without an additional disk storage manages none."""
+    if not pkg.additional_disk_storage:
+        return None
     system = disks.system_disk(config)
-    others = [k for k in disks.data_disks(config) if k != system]
-    return others[0] if others else None
+    return next((key for key in disks.data_disks(config)
+                 if key != system and _storage_of(config, key) == pkg.additional_disk_storage), None)
+
+
+def _new_additional_disk(config: dict, pkg: Package) -> dict[str, str]:
+    """The config line of a new additional disk: on the system disk's storage it takes that disk's format
+    (its trailing extension, else raw); on another storage, that storage's own default (a block storage
+    takes no qcow2)."""
+    system = disks.system_disk(config)
+    key = disks.free_disk_key(config, disks.bus_of(system) if system else "scsi")
+    value = f"{pkg.additional_disk_storage}:{pkg.additional_disk_gb}"
+    if system and _storage_of(config, system) == pkg.additional_disk_storage:
+        value += f",format={disks.volume_format(disks.split_value(config[system])[0])}"
+    return {key: value}
 
 
 # --------------------------------------------------------------------------- steps
@@ -280,13 +300,9 @@ def create_additional_disk(ctx: StepContext) -> StepResult:
     if pkg.additional_disk_gb <= 0 or not pkg.additional_disk_storage:
         return Done("skip - not configured")
     config = _config(ctx)
-    if _additional_disk(config):
+    if _additional_disk(config, pkg):
         return Done("skip - already present")
-    system = disks.system_disk(config)
-    bus = disks.bus_of(system) if system else "scsi"
-    key = disks.free_disk_key(config, bus)
-    fmt = disks.volume_format(disks.split_value(config.get(system, ""))[0]) if system else "raw"
-    _put_config(ctx, **{key: f"{pkg.additional_disk_storage}:{pkg.additional_disk_gb},format={fmt}"})
+    _put_config(ctx, **_new_additional_disk(config, pkg))
     return Done()
 
 
@@ -294,14 +310,14 @@ def resize_additional_disk(ctx: StepContext) -> StepResult:
     pkg = ctx.package
     if pkg.additional_disk_gb <= 0 or not pkg.additional_disk_storage:
         return Done("skip - not configured")
-    return _resize(ctx, _additional_disk(_config(ctx)), pkg.additional_disk_gb, "additional disk")
+    return _resize(ctx, _additional_disk(_config(ctx), pkg), pkg.additional_disk_gb, "additional disk")
 
 
 def set_additional_disk_io(ctx: StepContext) -> StepResult:
     pkg = ctx.package
     if pkg.additional_disk_gb <= 0 or not any(getattr(pkg, f"additional_disk_{n}") for n in disks.THROTTLES):
         return Done("skip - no limits set")
-    return _set_throttles(ctx, _additional_disk(_config(ctx)), "additional_disk")
+    return _set_throttles(ctx, _additional_disk(_config(ctx), pkg), "additional_disk")
 
 
 def _random_mac() -> str:

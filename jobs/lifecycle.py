@@ -9,8 +9,8 @@ from core.proxmox.client import ProxmoxError
 from core.proxmox.cluster import vm_location
 from core.vault import unseal
 
-from .deploy import (_additional_disk, _config, _put_config, _resize, _set_throttles, _status, _system_disk,
-                     cloudinit_values, configure_firewall, configure_network, dns_target, network_values,
+from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
+                     _system_disk, cloudinit_values, configure_firewall, configure_network, dns_target, network_values,
                      resize_system_disk, send_mail, set_cpu_ram, start_vm, sync_ipset)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
@@ -32,7 +32,7 @@ def _hardware_changes(ctx: StepContext) -> list[str]:
         changes.append("system disk size")
     if system and disks.throttles_of(config[system]) != {n: getattr(pkg, f"system_disk_{n}") for n in disks.THROTTLES}:
         changes.append("system disk I/O")
-    extra = _additional_disk(config)
+    extra = _additional_disk(config, pkg)
     wants_extra = pkg.additional_disk_gb > 0 and bool(pkg.additional_disk_storage)
     if bool(extra) != wants_extra:
         changes.append("additional disk")
@@ -107,13 +107,10 @@ def cp_additional_disk(ctx: StepContext) -> StepResult:
     """Create the additional disk the package now has, or, at 0, detach it and purge it from storage."""
     pkg = ctx.package
     config = _config(ctx)
-    extra = _additional_disk(config)
+    extra = _additional_disk(config, pkg)
     wanted = pkg.additional_disk_gb > 0 and bool(pkg.additional_disk_storage)
     if wanted and not extra:
-        system = disks.system_disk(config)
-        key = disks.free_disk_key(config, disks.bus_of(system) if system else "scsi")
-        fmt = disks.volume_format(disks.split_value(config.get(system, ""))[0]) if system else "raw"
-        _put_config(ctx, **{key: f"{pkg.additional_disk_storage}:{pkg.additional_disk_gb},format={fmt}"})
+        _put_config(ctx, **_new_additional_disk(config, pkg))
         return Done()
     if not wanted and extra:
         _put_config(ctx, delete=extra, force=1)  # force: the volume is freed, not left as unusedN
@@ -123,14 +120,14 @@ def cp_additional_disk(ctx: StepContext) -> StepResult:
 
 def cp_additional_disk_size(ctx: StepContext) -> StepResult:
     pkg = ctx.package
-    extra = _additional_disk(_config(ctx))
+    extra = _additional_disk(_config(ctx), pkg)
     if not extra or pkg.additional_disk_gb <= 0:
         return Done("skip - no change")
     return _resize(ctx, extra, pkg.additional_disk_gb, "additional disk")
 
 
 def cp_additional_disk_bandwidth(ctx: StepContext) -> StepResult:
-    extra = _additional_disk(_config(ctx))
+    extra = _additional_disk(_config(ctx), ctx.package)
     if not extra:
         return Done("skip - no change")
     return _set_throttles(ctx, extra, "additional_disk", clear=True)

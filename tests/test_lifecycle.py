@@ -187,6 +187,31 @@ def test_the_change_package_start_gets_its_minute_across_short_passes(app, bridg
     assert int(cluster.pve.vm(vm.vmid).config["cores"]) == 3 and cluster.pve.vm(vm.vmid).status == "running"
 
 
+def test_a_disk_the_product_did_not_make_is_never_touched(app, bridge, cluster, clock):
+    """Found in review: with no additional disk in the product, any second disk (attached by an admin, or a
+    template's) was taken for the additional disk and deleted by the next change package."""
+    register_cluster(cluster, **{**PRODUCT, "additional_disk_storage": "", "additional_disk_gb": 0})
+    vm = deployed(bridge, cluster, clock)
+    guest = cluster.pve.vm(vm.vmid)
+    attached = guest.config["scsi1"] = f"local-lvm:vm-{vm.vmid}-disk-9,size=50G"  # attached by an admin
+    lines = change(bridge, cluster, clock, {"CPU Cores": "3"})
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    assert cluster.pve.vm(vm.vmid).config["scsi1"] == attached and int(cluster.pve.vm(vm.vmid).config["cores"]) == 3
+    assert any("Create additional disk (skip - no change)" in line for line in lines), "\n".join(lines)
+
+
+def test_a_new_additional_disk_takes_the_system_disks_format_only_on_its_storage():
+    from types import SimpleNamespace
+    from jobs.deploy import _new_additional_disk
+    config = {"scsi0": "nfs-vm:100/vm-100-disk-0.qcow2,size=10G", "ide2": "local:cloudinit,media=cdrom"}
+    same = SimpleNamespace(additional_disk_storage="nfs-vm", additional_disk_gb=5)
+    other = SimpleNamespace(additional_disk_storage="local-lvm", additional_disk_gb=5)
+    assert _new_additional_disk(config, same) == {"scsi1": "nfs-vm:5,format=qcow2"}
+    # found in review: qcow2 on a block storage is refused by Proxmox, and the deploy stayed stuck
+    assert _new_additional_disk(config, other) == {"scsi1": "local-lvm:5"}
+
+
 def test_additional_disk_zero_detaches_and_purges_the_disk(app, bridge, cluster, clock):
     register_cluster(cluster, **PRODUCT)
     vm = deployed(bridge, cluster, clock)
