@@ -155,6 +155,25 @@ def test_broken_providers_never_hold_the_deploy_back(app, bridge, cluster, clock
     assert hestia.password not in log.response and cloudflare.token not in log.response
 
 
+def test_an_unexpected_provider_failure_never_holds_a_vm_back_either(app, bridge, cluster, clock, powerdns):
+    """Found in review: only the expected errors were caught; a key with a character no HTTP header can carry
+    (a zero-width space pasted with it) raised UnicodeEncodeError, which kept the deploy at set_ip and made a
+    terminate error_terminate."""
+    powerdns.create_zone("example.com")
+    dns.create_zone({"name": "example.com", "provider": "powerdns", "server_url": powerdns.url,
+                     "api_key": powerdns.api_key + "\u200b"})
+    register_cluster(cluster, **PRODUCT)
+    vm, lines = deploy(bridge, cluster, clock)
+    assert vm.status == "ready", "\n".join(lines)
+    assert "fwd ERR set example.com (PowerDNS)" in "\n".join(lines) and "UnicodeEncodeError" in "\n".join(lines)
+    bridge.call("TerminateAccount", account_params(cluster, vm.service_id))
+    clock.advance(60)
+    lines = []
+    run_tick(Output(lines.append, clock), only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove", "\n".join(lines)
+
+
 def test_zone_test_button_and_masked_secrets(app, client, powerdns, cloudflare):
     from tests.test_panel import csrf_of, login
     from core import admins

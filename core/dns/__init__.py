@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -219,6 +220,9 @@ def _apply(target: Target, mode: str, write: Callable[[str], None]) -> Summary:
             summary.calls += api.calls
         except (DnsError, SecretUnreadable, KeyError) as exc:
             outcomes = [Outcome(r, str(exc) or type(exc).__name__) for r in replace + delete]
+        except Exception as exc:  # noqa: BLE001 - a DNS provider must never hold a VM's pipeline back
+            logging.getLogger("pkvm.dns").exception("DNS zone %s: unexpected failure", zone.name)
+            outcomes = [Outcome(r, f"unexpected {type(exc).__name__}: {exc}"[:300]) for r in replace + delete]
         for outcome in outcomes:
             r, side = outcome.rrset, sides[id(outcome.rrset)]
             removed = mode == "delete" or not r.contents
