@@ -238,6 +238,10 @@ def terminate(ctx: StepContext) -> StepResult:
         deleting = bool(vm.task_upid and vm.task_status == vm.status)  # started on an earlier pass
         found = None if deleting or not vm.vmid else vm_location(pve, vm.vmid)
         if deleting or (found is not None and found.get("name") == vm.name):
+            if not deleting and found.get("lock"):
+                # A clone, migration or backup Proxmox is still running (a service cancelled while its VM
+                # was being made): Proxmox would refuse the delete, so the next pass looks again.
+                return Wait(f"VM is locked ({found['lock']}) until Proxmox finishes")
             if not deleting:
                 _stop_for_terminate(ctx, found["node"])
                 for backup_node, volid in _backups_of(ctx):

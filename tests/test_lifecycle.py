@@ -312,6 +312,30 @@ def test_terminate_forces_a_stubborn_guest_off_and_gives_the_addresses_back(app,
     assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.11"]
 
 
+@pytest.mark.time_scale(0.001)
+def test_a_service_terminated_while_its_vm_is_cloned_waits_for_the_clone(app, bridge, cluster, clock):
+    """Found in review: a cancel during provisioning deleted the VM while Proxmox still cloned it; Proxmox
+    refused (locked) and the VM was left error_terminate, on the cluster, its address held."""
+    register_cluster(cluster, **PRODUCT)
+    clone_done = hold_tasks(cluster.pve, "qmclone")
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    vm = db.session.get(VM, 5546)
+    lines: list[str] = []
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", max_wait=5)
+    db.session.refresh(vm)
+    assert vm.status == "set_dns" and vm.vmid and cluster.pve.vm(vm.vmid).lock == "clone", "\n".join(lines)
+    assert bridge.call("TerminateAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    clock.advance(60)
+    lines.clear()
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", max_wait=5)
+    db.session.refresh(vm)
+    assert vm.status == "terminate" and vm.last_error_message is None, "\n".join(lines)
+    assert any(line.startswith("[~] 1. Terminate") and "locked (clone)" in line for line in lines)
+    clone_done.set()
+    ticks_until(clock, vm, "remove", lines)
+    assert cluster.pve.vm(vm.vmid) is None and ipam.assigned(5546) == []
+
+
 def test_a_terminate_longer_than_its_lease_keeps_the_vm_to_itself(app, bridge, cluster, clock):
     """An RQ worker's lease (5 s of waiting per pass, plus two API calls at the heavy timeout and a minute;
     85 s with a 10 s timeout) can be shorter than terminate's stop windows (120 s, then 60 s): the step keeps
