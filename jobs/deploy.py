@@ -450,13 +450,22 @@ def start_vm(ctx: StepContext, natural_wait: float | None = None) -> StepResult:
     return outcome
 
 
-def verify_running(ctx: StepContext) -> StepResult:
+def ensure_running(ctx: StepContext) -> None:
+    """After a start task that ended OK: the VM runs, or the step fails with the start task forgotten (and
+    that committed, since the failure rolls the step back), so the next attempt sends a new start rather
+    than polling the finished one for ever."""
     status = _status(ctx).get("status")
     if status != "running":
-        start_vm(ctx)
-        status = _status(ctx).get("status")
-        if status != "running":
-            raise StepFailed(f"VM failed to start (status: {status})")
+        ctx.forget_task()
+        raise StepFailed(f"VM failed to start (status: {status})")
+
+
+def verify_running(ctx: StepContext) -> StepResult:
+    if _status(ctx).get("status") != "running":
+        outcome = start_vm(ctx)
+        if isinstance(outcome, Wait):  # a runner with a short wait per pass: polled on the next one
+            return outcome
+        ensure_running(ctx)
     addresses = _addresses(ctx)
     return send_mail(ctx, ctx.package.email_vm_ready, {
         "vm_name": ctx.vm.name, "vmid": str(ctx.vm.vmid),

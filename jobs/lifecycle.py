@@ -10,8 +10,8 @@ from core.proxmox.cluster import vm_location
 from core.vault import unseal
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
-                     _system_disk, cloudinit_values, configure_firewall, configure_network, dns_target, network_values,
-                     resize_system_disk, send_mail, set_cpu_ram, start_vm, sync_ipset)
+                     _system_disk, cloudinit_values, configure_firewall, configure_network, dns_target, ensure_running,
+                     network_values, resize_system_disk, send_mail, set_cpu_ram, start_vm, sync_ipset)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
 CP_START_WAIT = 60  # seconds the start at the end of a change package is polled in the same pass
@@ -145,9 +145,7 @@ def cp_start(ctx: StepContext) -> StepResult:
             return outcome
         ctx.forget_task()
         raise StepFailed(f"VM did not start within {CP_START_WAIT} seconds")
-    status = _status(ctx).get("status")
-    if status != "running":
-        raise StepFailed(f"VM failed to start (status: {status})")
+    ensure_running(ctx)
     return outcome
 
 

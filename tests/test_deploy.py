@@ -182,6 +182,38 @@ def test_guest_that_fails_to_start_is_retried_at_the_start(app, bridge, cluster,
     assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status == "running"
 
 
+def test_a_guest_that_powers_off_right_after_its_start_is_started_again(app, bridge, cluster, clock):
+    """Found in review: the start task of Verify running ended OK but the guest went off at once; the failed
+    step rolled back the forgetting of that task, so every later pass polled the finished task and never
+    sent a new start."""
+    register_cluster(cluster, **FULL_PRODUCT)
+    pve, offs = cluster.pve, []
+    start_task = pve.task
+
+    async def task(node, ttype, tid, user, body, **kwargs):
+        if ttype == "qmstart" and len(offs) < 2:  # the first two starts: the guest powers off at once
+            work = body
+
+            async def body():
+                note = await work()
+                pve.vm(int(tid)).status = "stopped"
+                offs.append(tid)
+                return note
+        return await start_task(node, ttype, tid, user, body, **kwargs)
+    pve.task = task
+    bridge.call("CreateAccount", account_params(cluster, 79))
+    lines: list[str] = []
+    tick(clock, lines)
+    vm = db.session.get(VM, 79)
+    db.session.refresh(vm)
+    assert vm.status == "starting" and "VM failed to start (status: stopped)" in vm.last_error_message
+    clock.advance(60)
+    tick(clock, lines)
+    db.session.refresh(vm)
+    assert vm.status == "ready" and pve.vm(vm.vmid).status == "running", "\n".join(lines)
+    assert len([r for r in pve.requests if r[0] == "POST" and r[1].endswith("/status/start")]) == 3
+
+
 def test_dropped_connections_pause_and_resume(app, bridge, cluster, clock):
     register_cluster(cluster, **FULL_PRODUCT)
     bridge.call("CreateAccount", account_params(cluster, 79))
