@@ -7,6 +7,7 @@ itself a few seconds later (``rq worker --with-scheduler``), and the next tick p
 from __future__ import annotations
 
 import logging
+import secrets
 
 from flask import Flask
 from rq.worker import Worker
@@ -77,21 +78,29 @@ def run_step_job(service_id: int, source: str) -> dict:
     def run() -> dict:
         step = DEPLOY.step_from(source)
         out = Output(log.info)
-        owner = f"step-{service_id}-{source}"
+        owner = f"step-{service_id}-{secrets.token_hex(4)}"  # two commands at once: one gets the lease
         if step is None:
             return {"result": "error", "message": f"no deploy step starts at {source}"}
         if not claim(service_id, owner, lease_seconds(None), out.clock):
             return {"result": "error", "message": "the VM is being worked on right now; try again shortly"}
+        vm = db.session.get(VM, service_id)
+        pipeline_task = vm.task_upid if vm is not None else None
         try:
-            vm = db.session.get(VM, service_id)
             try:
                 done = step.run(StepContext(vm, out, out.clock, None))
             except (StepFailed, ProxmoxError) as exc:
+                db.session.rollback()
                 return {"result": "error", "message": f"{step.label}: {exc}"}
             if not isinstance(done, Done):
-                return {"result": "error", "message": f"{step.label}: {done.reason}; it is polled again later"}
+                return {"result": "error", "message": f"{step.label}: {done.reason}; Proxmox goes on with it"}
+            db.session.commit()
             return {"result": "success", "message": f"{step.label}: {done.note or 'done'}"}
         finally:
+            # A task this command started belongs to no pipeline: no later command may take it for its own.
+            vm = db.session.get(VM, service_id)
+            if vm is not None and vm.task_upid and vm.task_upid != pipeline_task:
+                vm.task_upid = vm.task_status = vm.task_started_at = None
+                db.session.commit()
             release(service_id, owner)
 
     if has_app_context():

@@ -517,6 +517,14 @@ def test_a_single_deploy_step_as_an_admin_command(app, bridge, cluster, clock):
     cluster.pve.vm(vm.vmid).config["cores"] = 1
     failed = bridge.call("VMSetCpuRam", account_params(cluster, 5546)).get_json()
     assert failed["result"] == "error" and "Set CPU & RAM" in failed["message"] and "locked" in failed["message"]
+    # found in review: a command's Proxmox task stayed on the VM, and the next command polled it instead of
+    # doing its own work: a second VMStart left the VM off
+    for _ in range(2):
+        cluster.pve.vm(vm.vmid).status = "stopped"
+        assert bridge.call("VMStart", account_params(cluster, 5546)).get_json() == {"result": "success"}
+        assert cluster.pve.vm(vm.vmid).status == "running"
+    db.session.expire_all()
+    assert db.session.get(VM, 5546).task_upid is None
 
 
 def test_a_suspended_service_refuses_client_actions(app, bridge, cluster, clock):
