@@ -440,3 +440,31 @@ def test_cli_prints_its_address_and_serves_until_sigterm(tmp_path):
     assert proc.returncode == 0, proc.stderr.read()
     assert not os.path.exists(info['ca_file'])  # the temporary PKI directory is gone
     assert not state.exists()
+
+
+def test_the_ca_file_is_never_read_half_written(tmp_path):
+    """Found while testing: threads that needed a server's CA file at once could find it created but not yet
+    written, and their TLS verification failed; the file now appears whole or not at all."""
+    import hashlib
+    import threading
+    from types import SimpleNamespace
+
+    from core.proxmox.client import endpoint_for
+    pem = "-----BEGIN CERTIFICATE-----\n" + "A" * 200_000 + "\n-----END CERTIFICATE-----\n"
+    server = SimpleNamespace(id=1, ca_pem=pem, address="127.0.0.1", port=8006, token_id="root@pam!t",
+                             verify_tls=True)
+    seen, start = [], threading.Barrier(16)
+
+    def read():
+        start.wait()
+        path = endpoint_for(server, "secret", str(tmp_path)).ca_file
+        with open(path) as handle:
+            seen.append(handle.read() == pem)
+    threads = [threading.Thread(target=read) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [True] * 16
+    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
+    assert [p.name for p in (tmp_path / "ca").iterdir()] == [f"server-1-{digest}.pem"]  # no partial file left

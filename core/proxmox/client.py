@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,12 @@ def endpoint_for(server: Any, secret: str, instance_path: str) -> Endpoint:
         digest = hashlib.sha256(server.ca_pem.encode()).hexdigest()[:16]
         path = Path(instance_path) / "ca" / f"server-{server.id}-{digest}.pem"
         if not path.exists():
+            # Written whole, then renamed into place: a thread that finds the file never reads it half-written
+            # (which failed that thread's TLS verification).
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(server.ca_pem)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            partial.write_text(server.ca_pem)
+            os.replace(partial, path)
         ca_file = str(path)
     return Endpoint(host=server.address, port=server.port or 8006, token_id=server.token_id,
                     token_secret=secret, verify_tls=server.verify_tls, ca_file=ca_file)
