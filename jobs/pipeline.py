@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 from flask import current_app
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import ipam, settings
 from core.extensions import db
@@ -236,7 +237,7 @@ class StepContext:
 class RunResult:
     service_id: int
     action: str = ""
-    result: str = "idle"  # idle / busy / success / waiting / error
+    result: str = "idle"  # idle / busy / success / waiting / error / changed (see VMChanged)
     message: str = ""
     steps: int = 0
     api_calls: int = 0
@@ -264,6 +265,23 @@ def release(service_id: int, owner: str) -> None:
     db.session.execute(update(VM).where(VM.service_id == service_id, VM.lease_owner == owner)
                        .values(lease_owner=None, lease_until=None))
     db.session.commit()
+
+
+class VMChanged(Exception):
+    """The VM is not this pass's any more: its status was changed (a terminate, an admin's reset) or another
+    runner took its lease while the pass worked on it."""
+
+
+def _advance(vm: VM, step: Step, status: str | None = None) -> None:
+    """Move the VM from the step's source status to its target (or ``status``), in the step's transaction,
+    unless its status was changed meanwhile by someone who does not wait for a pass to end: VMChanged."""
+    status = status or step.target
+    moved = db.session.execute(update(VM).where(VM.service_id == vm.service_id, VM.status == step.source)
+                               .values(status=status))
+    if moved.rowcount != 1:
+        current = db.session.scalar(select(VM.status).where(VM.service_id == vm.service_id))
+        raise VMChanged(f"was changed meanwhile (now {current})")
+    set_committed_value(vm, "status", status)
 
 
 def retry_delay() -> float:
@@ -310,12 +328,15 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
     claimed = [clock.monotonic()]
 
     def renew() -> None:
-        """A long pass keeps its lease (checked between steps and between a long step's polls)."""
+        """A long pass keeps its lease (checked between steps and between a long step's polls); one whose
+        lease another runner has taken meanwhile stops (VMChanged)."""
         if clock.monotonic() - claimed[0] >= LEASE_SLACK:
-            claim(service_id, owner, lease, clock)
+            if not claim(service_id, owner, lease, clock):
+                raise VMChanged("another runner holds the VM now")
             claimed[0] = clock.monotonic()
-    # While a VM holds our lease nobody else writes its rows, so what this pass committed stays what it
-    # read: no reloading the VM, service, product and server after every commit of every step.
+    # While a VM holds our lease no other runner writes its rows, so what this pass committed stays what it
+    # read: no reloading the VM, service, product and server after every commit of every step. A terminate
+    # or an admin's reset does not wait for the pass: each status move checks for one (_advance).
     session = db.session()
     expiring, session.expire_on_commit = session.expire_on_commit, False
     try:
@@ -328,7 +349,14 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
             if pipeline is None:
                 break
             result.action = pipeline.action
-            _run_pipeline(vm, pipeline, out, clock, max_wait, result, renew=renew)
+            try:
+                _run_pipeline(vm, pipeline, out, clock, max_wait, result, renew=renew)
+            except VMChanged as changed:
+                # A terminate, an admin's reset or another runner took the VM while this pass worked on it:
+                # what this pass had not committed is dropped, and the VM is left to its new owner.
+                db.session.rollback()
+                out.line(f"--- {pipeline.name} stopped: service={service_id} {changed} ---")
+                result.result, result.message = "changed", str(changed)
             if result.result != "success":
                 break
             following = pipeline_for(vm.status)
@@ -359,6 +387,8 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             done = step.run(ctx)
         except (StepFailed, ProxmoxError) as exc:
             done, error = None, str(exc)
+        except VMChanged:
+            raise
         except Exception as exc:  # noqa: BLE001 - one VM's bug must not stop the tick
             db.session.rollback()
             log.error("step %s of service %s crashed:\n%s", step.label, vm.service_id, traceback.format_exc())
@@ -370,6 +400,8 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         if done is None:
             db.session.rollback()
             stays = step.failure_status or step.source
+            if stays != step.source:
+                _advance(vm, step, stays)
             if step.failure_status:
                 message = f"{error.rstrip('.')}. Admin action required."
             else:
@@ -394,7 +426,7 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             outcome, result.message = "waiting", done.reason
             break
         label = f"{step.label} ({done.note})" if done.note else step.label
-        vm.status = step.target
+        _advance(vm, step)
         ctx.commit()
         renew()
         out.line(_fmt_step("+", number, label, pipeline.label_width, "success", step.source, step.target, seconds))
@@ -415,5 +447,8 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         out.line(f"--- {pipeline.name} paused: waiting at [{vm.status}] ---")
     result.result = outcome if outcome != "success" or vm.status == pipeline.final else "waiting"
     result.api_calls = ctx.api_calls
+    current = db.session.scalar(select(VM.status).where(VM.service_id == vm.service_id))
+    if current != vm.status:  # changed since this pass's last step: its retry time and log are not wanted
+        raise VMChanged(f"was changed meanwhile (now {current})")
     _save_run(vm, pipeline, source, result.result, error, steps, started, clock)
     db.session.commit()

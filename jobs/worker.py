@@ -49,7 +49,7 @@ def process_vm_job(service_id: int) -> dict:
     with app.app_context():
         out = Output(log.info)
         result = run_vm(service_id, out, max_wait=app.config["JOB_MAX_WAIT"])
-        if result.result == "waiting":
+        if result.result in ("waiting", "changed"):  # a task to poll, or the VM's new status to work on
             work_queue.enqueue_vm(service_id, delay=app.config["JOB_REQUEUE_SECONDS"])
         return {"service_id": service_id, "action": result.action, "result": result.result,
                 "message": result.message, "steps": result.steps, "api_calls": result.api_calls}

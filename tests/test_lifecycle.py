@@ -312,6 +312,39 @@ def test_terminate_forces_a_stubborn_guest_off_and_gives_the_addresses_back(app,
     assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.11"]
 
 
+def test_a_terminate_during_a_deploy_pass_is_not_undone_by_that_pass(app, bridge, cluster, clock, monkeypatch):
+    """Found in review: WHMCS's TerminateAccount (or an admin's reset) sets the status at once, while a worker
+    may be in the middle of a pass; the pass then wrote its next status over it and deployed the VM of a
+    terminated service to ready. Now the pass stops at its next status move and the terminate goes on."""
+    from sqlalchemy import create_engine, text
+    from core.proxmox import client as pve_client
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    other = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])  # another process: WHMCS's call
+    real_put = pve_client.Pve.put
+
+    def terminated_meanwhile(self, *path, **params):
+        if "cores" in params and not terminated_meanwhile.done:
+            terminated_meanwhile.done = True
+            with other.begin() as conn:
+                conn.execute(text("UPDATE vm_info SET status = 'terminate', lease_owner = NULL, lease_until = NULL "
+                                  "WHERE service_id = 5546"))
+        return real_put(self, *path, **params)
+    terminated_meanwhile.done = False
+    monkeypatch.setattr(pve_client.Pve, "put", terminated_meanwhile)
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    other.dispose()
+    vm = db.session.get(VM, 5546)
+    db.session.refresh(vm)
+    assert vm.status == "terminate", "\n".join(lines)
+    assert "--- Deploy stopped: service=5546 was changed meanwhile (now terminate) ---" in lines
+    clock.advance(60)
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove" and cluster.pve.vm(vm.vmid) is None and ipam.assigned(5546) == []
+
+
 @pytest.mark.time_scale(0.001)
 def test_a_service_terminated_while_its_vm_is_cloned_waits_for_the_clone(app, bridge, cluster, clock):
     """Found in review: a cancel during provisioning deleted the VM while Proxmox still cloned it; Proxmox
