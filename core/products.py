@@ -206,21 +206,26 @@ class PackageError(ValueError):
 OPTIONS: dict[str, tuple[str, str]] = {
     "cpu cores": ("cpu_cores", "count"), "ram": ("ram_mb", "mb"),
     "system disk": ("system_disk_gb", "gb"), "additional disk": ("additional_disk_gb", "gb"),
-    "system disk read bandwidth": ("system_disk_mbps_rd", "count"),
-    "system disk write bandwidth": ("system_disk_mbps_wr", "count"),
+    "system disk read bandwidth": ("system_disk_mbps_rd", "rate"),
+    "system disk write bandwidth": ("system_disk_mbps_wr", "rate"),
     "system disk read iops": ("system_disk_iops_rd", "count"),
     "system disk write iops": ("system_disk_iops_wr", "count"),
-    "additional disk read bandwidth": ("additional_disk_mbps_rd", "count"),
-    "additional disk write bandwidth": ("additional_disk_mbps_wr", "count"),
+    "additional disk read bandwidth": ("additional_disk_mbps_rd", "rate"),
+    "additional disk write bandwidth": ("additional_disk_mbps_wr", "rate"),
     "additional disk read iops": ("additional_disk_iops_rd", "count"),
     "additional disk write iops": ("additional_disk_iops_wr", "count"),
-    "network bandwidth": ("network_rate_mbs", "count"), "ipv4 addresses": ("ipv4_count", "count"),
+    "network bandwidth": ("network_rate_mbs", "rate"), "ipv4 addresses": ("ipv4_count", "count"),
     "ipv6 addresses": ("ipv6_count", "count"), "backups": ("backups", "count"), "snapshots": ("snapshots", "count"),
     "operating system": ("template_vmid", "count"),
 }
 LEGACY = {"b": "backups", "s": "snapshots", "cpu": "cpu cores", "ram": "ram", "ipv4": "ipv4 addresses",
           "ipv6": "ipv6 addresses", "os": "operating system"}
-_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.I)
+_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z/]*)\s*$", re.I)
+# Bandwidths are MB/s to Proxmox; an option may name megabits (100 Mbps: 12.5, rounded to 13 MB/s).
+RATE_UNITS = {"": 1, "mb/s": 1, "mbyte/s": 1, "gb/s": 1024, "mbps": 1 / 8, "mbit": 1 / 8, "mbit/s": 1 / 8,
+              "gbps": 125, "gbit": 125, "gbit/s": 125}
+# The least a resource can be: Proxmox refuses 0 cores, less than 16 MB of memory, a VMID under 100.
+MINIMUM = {"cpu_cores": 1, "ram_mb": 16, "system_disk_gb": 1, "template_vmid": 100}
 
 
 def _read(name: str, value: Any, kind: str) -> int:
@@ -235,8 +240,12 @@ def _read(name: str, value: Any, kind: str) -> int:
         factor = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024}.get(unit)
     elif kind == "gb":
         factor = {"": 1, "g": 1, "gb": 1, "gib": 1, "t": 1024, "tb": 1024, "tib": 1024}.get(unit)
+    elif kind == "rate":
+        factor = RATE_UNITS.get(unit)
+        if factor is not None and factor < 1:
+            return max(1, int(number * factor + 0.5)) if number else 0
     else:
-        factor = 1 if unit in ("", "x", "mb/s", "iops", "core", "cores") else None
+        factor = 1 if unit in ("", "x", "iops", "core", "cores") else None
     if factor is None:
         raise PackageError(f"configurable option {name!r}: unknown unit {unit!r} in {text!r}")
     result = number * factor
@@ -262,6 +271,9 @@ def resolve_package(product_settings: dict[str, Any] | None, configoptions: dict
     for plain, (key, value) in chosen.items():
         field_name, kind = OPTIONS[plain]
         changed[field_name] = _read(key, value, kind)
+        if changed[field_name] < MINIMUM.get(field_name, 0):
+            raise PackageError(f"configurable option {key!r}: {value!r} is less than the least a VM can have "
+                               f"({MINIMUM[field_name]}{' MB' if field_name == 'ram_mb' else ''})")
     if not changed:
         return Package(settings)
     return Package(replace(settings, **changed), tuple(sorted(changed)))

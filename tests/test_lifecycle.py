@@ -55,9 +55,16 @@ def test_plain_option_names_win_over_legacy_prefixes_and_units_are_read():
     assert (pkg.template_vmid, pkg.backups, pkg.network_rate_mbs) == (9001, 2, 25)
     assert resolve_package({"ram_mb": 512}, {}).ram_mb == 512  # nothing given: the product's settings
     for options, fragment in (({"RAM": "lots"}, "cannot read 'lots'"), ({"System Disk": "20 PB"}, "unknown unit"),
-                              ({"CPU Cores": "1.5"}, "not a whole")):
+                              ({"CPU Cores": "1.5"}, "not a whole"),
+                              # found in review: these were taken, and the deploy then failed at Proxmox for ever
+                              ({"CPU Cores": "0"}, "less than the least"), ({"RAM": "2"}, r"\(16 MB\)"),
+                              ({"Operating System": "42"}, "less than the least")):
         with pytest.raises(PackageError, match=fragment):
             resolve_package({}, options)
+    # bandwidths with units (found in review: "100 MB/s" could not be read at all); megabits are rounded
+    for label, rate in (("100 MB/s", 100), ("100 Mbps", 13), ("1 Gbps", 125), ("250", 250), ("0", 0)):
+        assert resolve_package({}, {"Network Bandwidth": label}).network_rate_mbs == rate, label
+    assert resolve_package({}, {"System Disk Read Bandwidth": "300 MB/s"}).system_disk_mbps_rd == 300
 
 
 def test_all_eighteen_options_are_known():
