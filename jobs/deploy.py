@@ -144,13 +144,18 @@ def set_dns(ctx: StepContext) -> StepResult:
 
 
 def template_of(ctx: StepContext) -> tuple[int, str]:
-    """(VMID, node) of the template to clone: the one the client chose at a reinstall, else the package's."""
+    """(VMID, node) of the template to clone: the one the client chose at a reinstall, else the package's.
+    A template other than the product's own (a reinstall's choice, the Operating System option) is looked
+    up on the cluster: its node, and that it is a template (an ordinary VM is never cloned for a client)."""
     vm, pkg = ctx.vm, ctx.package
-    if vm.os_template and vm.os_template != pkg.template_vmid:
-        found = vm_location(ctx.pve(), vm.os_template)
+    chosen = vm.os_template if vm.os_template and vm.os_template != pkg.template_vmid else None
+    if chosen is None and "template_vmid" in pkg.options and pkg.template_vmid:
+        chosen = pkg.template_vmid
+    if chosen is not None:
+        found = vm_location(ctx.pve(), chosen)
         if found is None or not found.get("template"):
-            raise StepFailed(f"template {vm.os_template} is not a template on the cluster")
-        return vm.os_template, found["node"]
+            raise StepFailed(f"template {chosen} is not a template on the cluster")
+        return chosen, found["node"]
     if not pkg.template_vmid or not pkg.template_node:
         raise StepFailed("the product has no OS template (template VMID and node) set")
     return pkg.template_vmid, pkg.template_node

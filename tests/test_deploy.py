@@ -214,6 +214,27 @@ def test_a_guest_that_powers_off_right_after_its_start_is_started_again(app, bri
     assert len([r for r in pve.requests if r[0] == "POST" and r[1].endswith("/status/start")]) == 3
 
 
+def test_the_operating_system_option_clones_its_template_where_it_is(app, bridge, cluster, clock):
+    """Found in review: the template an Operating System option names was cloned on the product's template
+    node, where it may not be (a clone error for ever), and was not checked to be a template at all."""
+    register_cluster(cluster, **FULL_PRODUCT)
+    cluster.pve.vm(9001).node = "pve2"  # the Ubuntu template lives on the other node
+    bridge.call("CreateAccount", account_params(cluster, 81, configoptions={"Operating System": "9001|Ubuntu"}))
+    lines: list[str] = []
+    tick(clock, lines)
+    vm = db.session.get(VM, 81)
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    assert [p for m, p, _b in cluster.pve.requests if m == "POST" and p.endswith("/clone")] == \
+        ["/api2/json/nodes/pve2/qemu/9001/clone"]
+    bridge.call("CreateAccount", account_params(cluster, 82, configoptions={"Operating System": str(vm.vmid)}))
+    lines.clear()
+    clock.advance(60)
+    tick(clock, lines)
+    assert db.session.get(VM, 82).status == "set_dns"
+    assert any(f"template {vm.vmid} is not a template on the cluster" in line for line in lines), "\n".join(lines)
+
+
 def test_dropped_connections_pause_and_resume(app, bridge, cluster, clock):
     register_cluster(cluster, **FULL_PRODUCT)
     bridge.call("CreateAccount", account_params(cluster, 79))
