@@ -49,7 +49,7 @@ def _hardware_changes(ctx: StepContext) -> list[str]:
 def cp_update_ip(ctx: StepContext) -> StepResult:
     """Addresses to the package's counts (allocate or hand back), then DNS and the IPSet rewritten whole (as
     the original does on every change package: it also repairs records changed by hand), and cloud-init's
-    addresses when they changed."""
+    addresses where they differ from the VM's."""
     pkg, vm = ctx.package, ctx.vm
     if pkg.dhcp:
         return Done("skip - DHCP")
@@ -76,9 +76,15 @@ def cp_update_ip(ctx: StepContext) -> StepResult:
     summary = dns.resync(dns_target(ctx), ctx.out.line)
     if pkg.firewall_enable:
         sync_ipset(ctx)
+    # Compared with what the VM has, not with this attempt's before and after: an attempt that failed after
+    # handing an address back (committed) leaves the retry with nothing to compare (found in review: the
+    # VM kept the address in cloud-init while the pool gave it to another VM).
+    wanted = {k: v for k, v in cloudinit_values(ctx).items() if k in ("ipconfig0", "nameserver")}
+    config = _config(ctx)
+    if any(config.get(key) != value for key, value in wanted.items()):
+        _put_config(ctx, **wanted)
     if before == after:
         return Done(f"addresses unchanged; DNS: {summary.note}")
-    _put_config(ctx, **{k: v for k, v in cloudinit_values(ctx).items() if k in ("ipconfig0", "nameserver")})
     return Done(f"+{len(after - before)} -{len(removed)} addresses; {summary.note}")
 
 

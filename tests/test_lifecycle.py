@@ -133,6 +133,25 @@ def test_upgrade_changes_cpu_ram_disks_addresses_ipset_cloudinit_and_dns(app, br
     assert powerdns.dig(fqdn, "A") == ["192.0.2.10"] and [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
 
 
+def test_a_retried_address_change_still_reaches_cloud_init(app, bridge, cluster, clock):
+    """Found in review: an address handed back is committed at once; when the step then failed (the IPSet),
+    its retry saw no change and left the old address in cloud-init, while the pool gave it to another VM."""
+    register_cluster(cluster, **{**PRODUCT, "ipv6_count": 1, "firewall_enable": True})
+    vm = deployed(bridge, cluster, clock)
+    assert "ip6=2001:db8::10/64" in cluster.pve.vm(vm.vmid).config["ipconfig0"]
+    cluster.pve.fail("GET", "/firewall/ipset/ipfilter-net0", 500, "cluster filesystem busy", times=1)
+    lines = change(bridge, cluster, clock, {"IPv6 Addresses": "0"})
+    db.session.refresh(vm)
+    assert vm.status == "change_package" and "cluster filesystem busy" in vm.last_error_message, "\n".join(lines)
+    clock.advance(60)
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    guest = cluster.pve.vm(vm.vmid)  # running: PVE keeps the cloud-init change pending until the next start
+    assert "ip6" not in guest.pending.get("ipconfig0", guest.config["ipconfig0"])
+    assert [a.family for a in ipam.assigned(5546)] == [4]
+
+
 def test_disk_downgrade_is_skipped_and_the_vm_never_stopped(app, bridge, cluster, clock):
     register_cluster(cluster, **PRODUCT)
     vm = deployed(bridge, cluster, clock)
