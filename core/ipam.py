@@ -166,9 +166,14 @@ def _claim_from_pool(pool, service_id: int, position: int) -> bool:
     for _ in range(5):
         try:
             cursor, handed_back = _lock_pool(pool, lo, hi, _key_of_int(family, gateway) if gateway else "")
-            if handed_back is not None and _take(handed_back, service_id, position):
-                db.session.commit()
-                return True
+            if handed_back is not None:
+                if _take(handed_back, service_id, position):
+                    db.session.commit()
+                    return True
+                # Taken meanwhile: this transaction saw an older snapshot (MariaDB's repeatable read keeps
+                # the one of its first read). A fresh transaction looks again.
+                db.session.rollback()
+                continue
             if cursor:
                 start = max(first, int(cursor, 16))
             else:  # no cursor yet (an imported or edited pool): start past the highest address in use

@@ -67,6 +67,27 @@ def test_released_addresses_are_reused_first(app):
     assert [a.address for a in ipam.allocate(server, 4, 3, 2)] == ["192.0.2.2", "192.0.2.3"]
 
 
+def test_an_address_taken_meanwhile_does_not_hide_the_next_handed_back_one(any_db_app):
+    """Found in review, on MariaDB: a transaction that began before another took the lowest handed-back
+    address saw it free in its repeatable-read snapshot, lost it, and answered "no free IPv4" although the
+    next handed-back address was free."""
+    from sqlalchemy import create_engine, update
+    seed(services=[1, 2, 3, 4])
+    pool(first="192.0.2.2", last="192.0.2.4", gateway="192.0.2.1")
+    server = db.session.get(Server, 1)
+    for sid in (1, 2, 3):
+        ipam.allocate(server, 4, sid, 1)
+    ipam.release(1)
+    ipam.release(2)  # .2 and .3 are handed back; nothing was never used
+    db.session.scalars(select(IPAddress)).all()  # this transaction's snapshot begins here
+    other = create_engine(db.engine.url)
+    with other.begin() as conn:  # another worker takes .2 meanwhile
+        conn.execute(update(IPAddress.__table__).where(IPAddress.__table__.c.address == "192.0.2.2")
+                     .values(service_id=3))
+    other.dispose()
+    assert [a.address for a in ipam.allocate(server, 4, 4, 1)] == ["192.0.2.3"]
+
+
 def test_legacy_assigned_list_is_the_fallback(app):
     seed(services=[1, 2, 3], assigned_ips="198.51.100.7\n198.51.100.8\n2001:db8::9")
     pool(first="192.0.2.2", last="192.0.2.2", gateway="192.0.2.1")
