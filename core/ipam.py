@@ -103,6 +103,14 @@ _LEGACY_HANDED_BACK = (select(_A.c.id).where(_A.c.pool_id.is_(None), _A.c.servic
                        .order_by(_A.c.key).limit(1))
 
 
+def lock_pool(pool_id: int) -> None:
+    """Take a pool's lock for this transaction (allocations from it wait until the transaction ends)."""
+    if db.session.get_bind().dialect.name == "sqlite":
+        db.session.execute(_TOUCH_POOL, {"pool": pool_id})
+    else:
+        db.session.execute(select(_P.c.id).where(_P.c.id == pool_id).with_for_update())
+
+
 def _lock_pool(pool, lo: str, hi: str, gateway: str) -> tuple[str | None, int | None]:
     """Take the pool's lock for this transaction, so that allocations from one pool queue up instead of
     racing for the same address; (its cursor, its lowest handed-back address) as seen under the lock."""

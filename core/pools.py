@@ -118,14 +118,18 @@ def allocated(pool: IPPool, limit: int = 10) -> list[IPAddress]:
 
 
 def delete(pool: IPPool) -> None:
-    """Delete a pool that hands out nothing; otherwise say what is allocated."""
+    """Delete a pool that hands out nothing; otherwise say what is allocated. Under the pool's lock, so that
+    no allocation from it slips in between the count and the delete."""
+    ipam.lock_pool(pool.id)
     used = ipam.pool_used(pool.id)
     if used:
+        db.session.rollback()
         shown = ", ".join(str(_l("%(address)s (service %(service)s)", address=a.address, service=a.service_id))
                           for a in allocated(pool))
         raise PoolError({"pool": _l("%(count)s addresses are allocated: %(list)s. Terminate or move those services "
                                     "first.", count=used, list=shown)})
-    db.session.execute(IPAddress.__table__.delete().where(IPAddress.pool_id == pool.id))
+    db.session.execute(IPAddress.__table__.delete().where(IPAddress.pool_id == pool.id,
+                                                          IPAddress.service_id.is_(None)))
     db.session.delete(pool)
     db.session.commit()
 
