@@ -176,11 +176,15 @@ def after_cron_job(payload: dict) -> tuple[dict, int]:
 def _account_action(name: str, act, payload: dict) -> tuple[dict, int]:
     """A module function over the whole $params: validate, act, answer WHMCS, log the call."""
     from core.products import PackageError
+    from core.whmcs import WhmcsError
     params = accounts.parse_account(payload)
     try:
         act(params)
     except (accounts.AccountError, PackageError) as exc:
         body, status = error(str(exc))
+    except WhmcsError as exc:  # ResetPassword saves the password in WHMCS first: its API must answer
+        db.session.rollback()
+        body, status = error(f"{exc} (Settings > WHMCS API in the product)")
     else:
         body, status = success()
     accounts.log_call(name, params.service_id, payload, body)

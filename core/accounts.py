@@ -6,6 +6,7 @@ any import step. Validation happens before anything is written; each operation i
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import time
@@ -21,6 +22,7 @@ from .products import PackageError, ProductSettings, resolve_package
 from .proxmox.client import split_token_id
 from .vault import seal, seals, unseal
 
+log = logging.getLogger("pkvm.accounts")
 SECRET_KEYS = {"password", "serverpassword", "serveraccesshash", "secret", "token_secret"}
 ID_FIELDS = ("serviceid", "userid", "pid", "serverid")
 SERVER_STATUSES = ("Pending", "Active", "Suspended", "Terminated", "Cancelled", "Fraud", "Completed")
@@ -354,6 +356,8 @@ def create_account(params: AccountParams, connection) -> tuple[str, bool]:
     if stored.vm_status == "error_terminate":
         raise AccountError("this service's previous VM failed to terminate and may still exist on Proxmox; "
                            "resolve it in VM Management first")
+    if stored.vm_status == "terminate":
+        raise AccountError("this service's previous VM is being terminated; create it again when that is done")
     if stored.vm_status not in (None, "remove"):
         return stored.vm_status, False
     fresh = dict(server_id=params.server.id, status="creation",
@@ -428,6 +432,15 @@ def power(params: AccountParams, action: str) -> None:
         raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {exc.message}") from None
 
 
+def _enqueue(service_id: int) -> None:
+    """Queue the VM's pipeline now; its status is committed already, so a queue that is down only means the
+    next tick queues it."""
+    try:
+        work_queue.enqueue_vm(service_id)
+    except Exception:  # noqa: BLE001 - the work is recorded; the tick picks it up
+        log.warning("service %s: could not be queued now; the next tick will", service_id, exc_info=True)
+
+
 def _queue(vm: VM, status: str, allowed_from: tuple[str, ...] = ("ready",)) -> None:
     if vm.status == status:
         return
@@ -436,7 +449,7 @@ def _queue(vm: VM, status: str, allowed_from: tuple[str, ...] = ("ready",)) -> N
     vm.status = status
     vm.task_upid = vm.task_status = vm.task_started_at = vm.next_run_at = None
     db.session.commit()
-    work_queue.enqueue_vm(vm.service_id)
+    _enqueue(vm.service_id)
 
 
 def change_package(params: AccountParams) -> VM:
@@ -451,29 +464,44 @@ def change_package(params: AccountParams) -> VM:
 
 
 def suspend(params: AccountParams) -> None:
+    """WHMCS sets the service's status to Suspended only after this call succeeds, so the call itself still
+    carries the old one: the status is recorded here, for the client actions refused meanwhile."""
     power(params, "stop")
+    _record_status(params.service_id, "Suspended")
 
 
 def unsuspend(params: AccountParams) -> None:
     power(params, "start")
+    _record_status(params.service_id, "Active")
 
 
-def terminate(params: AccountParams) -> VM:
-    """A fire-and-forget stop, status ``terminate``, and the answer at once; the tick does the rest."""
+def _record_status(service_id: int, status: str) -> None:
+    db.session.execute(update(Service).where(Service.id == service_id).values(status=status))
+    db.session.commit()
+
+
+def _suspended(existing: Service | None, params: AccountParams) -> bool:
+    return (existing is not None and existing.status == "Suspended") or params.status == "Suspended"
+
+
+def terminate(params: AccountParams) -> VM | None:
+    """A fire-and-forget stop, status ``terminate``, and the answer at once; the tick does the rest. WHMCS
+    may call it again (a retry, a service whose VM never came): a VM terminating or gone is success, and a
+    terminate in progress is left to run as it is."""
     service = upsert_account(params)
     vm = db.session.get(VM, service.id)
-    if vm is None or vm.status == "remove":
-        raise AccountError("this service has no VM to terminate")
+    if vm is None or vm.status in ("remove", "terminate"):
+        return vm
     if vm.vmid and vm.node:
         try:
             _pve(vm.server).post("nodes", vm.node, "qemu", vm.vmid, "status", "stop")
         except Exception:  # noqa: BLE001 - the tick stops and deletes it properly; this only starts early
             pass
+    # A pass working on the VM stops at its next status move (pipeline._advance); its lease is left to it.
     vm.status = "terminate"
     vm.task_upid = vm.task_status = vm.task_started_at = vm.next_run_at = None
-    vm.lease_owner = vm.lease_until = None
     db.session.commit()
-    work_queue.enqueue_vm(vm.service_id)
+    _enqueue(vm.service_id)
     return vm
 
 
@@ -503,7 +531,7 @@ def reset_password(params: AccountParams) -> VM:
     existing = db.session.get(Service, params.service_id)
     if existing is None or existing.client_id != params.client_id:
         raise AccountError("this service belongs to another client")  # checked before anything is stored
-    if existing.status == "Suspended":
+    if _suspended(existing, params):
         raise AccountError("the service is suspended")
     service = upsert_account(params)
     vm = _vm_of(service)
@@ -535,12 +563,21 @@ def reinstall(params: AccountParams, template: int | None = None) -> VM:
     existing = db.session.get(Service, params.service_id)
     if existing is not None and existing.client_id != params.client_id:
         raise AccountError("this service belongs to another client")
-    if existing is not None and existing.status == "Suspended":
+    if _suspended(existing, params):
         raise AccountError("the service is suspended")
     service = upsert_account(params)
     vm = _vm_of(service)
     if vm.status != "ready":
         raise AccountError(f"the VM is busy ({vm.status}); try again when it is ready")
+    if template is not None:  # checked now, where the admin or client reads the answer
+        from .proxmox.client import ProxmoxError
+        from .proxmox.cluster import vm_location
+        try:
+            found = vm_location(_pve(vm.server), template)
+        except ProxmoxError as exc:
+            raise AccountError(f"the template cannot be checked now: {exc.message}") from None
+        if found is None or not found.get("template"):
+            raise AccountError(f"{template} is not a template on the cluster")
     vm.os_template = template
     db.session.commit()
     _queue(vm, "reinstall")

@@ -133,6 +133,8 @@ def redeploy(vm: VM) -> VM:
     log and deploys it from ``creation``. Refused for a VM that is ready (reset it first)."""
     if vm.status == "ready":
         raise VMActionError({"status": _l("A ready VM is not redeployed; reset its status first if you must.")})
+    if vm.status in ("terminate", "remove"):
+        raise VMActionError({"status": _l("A terminated service is not redeployed; WHMCS creates it again.")})
     vm.status = "redeploy"
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None

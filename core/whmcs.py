@@ -43,6 +43,8 @@ def call(action: str, **params: Any) -> dict:
         body = answer.json()
     except ValueError:
         raise WhmcsError(f"WHMCS API answered HTTP {answer.status_code} without JSON") from None
+    if not isinstance(body, dict):
+        raise WhmcsError(f"WHMCS API answered HTTP {answer.status_code} with no JSON object")
     if body.get("result") != "success":
         raise WhmcsError(f"WHMCS API {action}: {body.get('message') or 'error'}")
     return body

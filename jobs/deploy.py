@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from core import dns, ipam, settings, whmcs
 from core.extensions import db
 from core.models import IPAddress
+from core.products import Package
 from core.proxmox import disks
 from core.proxmox.client import ProxmoxError
 from core.proxmox.cluster import choose_target_node, choose_vmid, vm_location
@@ -471,12 +472,16 @@ def verify_running(ctx: StepContext) -> StepResult:
         if isinstance(outcome, Wait):  # a runner with a short wait per pass: polled on the next one
             return outcome
         ensure_running(ctx)
+    return send_mail(ctx, ctx.package.email_vm_ready, access_parameters(ctx), "VM ready")
+
+
+def access_parameters(ctx: StepContext) -> dict[str, str]:
+    """The merge fields of the emails that give the client their VM: name, VMID, addresses, user, password."""
     addresses = _addresses(ctx)
-    return send_mail(ctx, ctx.package.email_vm_ready, {
-        "vm_name": ctx.vm.name, "vmid": str(ctx.vm.vmid),
-        "ip": next((a.address for a in addresses if a.family == 4), ""),
-        "ipv6": next((a.address for a in addresses if a.family == 6), ""),
-        "username": cloudinit_values(ctx)["ciuser"], "password": unseal(ctx.service.password)}, "VM ready")
+    return {"vm_name": ctx.vm.name, "vmid": str(ctx.vm.vmid),
+            "ip": next((a.address for a in addresses if a.family == 4), ""),
+            "ipv6": next((a.address for a in addresses if a.family == 6), ""),
+            "username": cloudinit_values(ctx)["ciuser"], "password": unseal(ctx.service.password)}
 
 
 DEPLOY = register(Pipeline("Deploy", "deploy", (

@@ -7,11 +7,11 @@ from core import dns, ipam, settings, whmcs
 from core.proxmox import disks
 from core.proxmox.client import ProxmoxError
 from core.proxmox.cluster import vm_location
-from core.vault import unseal
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
-                     _system_disk, cloudinit_values, configure_firewall, configure_network, dns_target, ensure_running,
-                     network_values, resize_system_disk, send_mail, set_cpu_ram, start_vm, sync_ipset)
+                     _system_disk, access_parameters, cloudinit_values, configure_firewall, configure_network,
+                     dns_target, ensure_running, network_values, resize_system_disk, send_mail, set_cpu_ram, start_vm,
+                     sync_ipset)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
 CP_START_WAIT = 60  # seconds the start at the end of a change package is polled in the same pass
@@ -294,13 +294,13 @@ def reset_password(ctx: StepContext) -> StepResult:
         return outcome
     values = cloudinit_values(ctx)
     _put_config(ctx, ciuser=values["ciuser"], cipassword=values.get("cipassword", ""))
-    started = start_vm(ctx)
-    if isinstance(started, Wait):
-        return started
+    if ctx.service.status != "Suspended":  # a suspended service's VM stays off (it boots with it later)
+        started = start_vm(ctx)
+        if isinstance(started, Wait):
+            return started
     if ctx.vm.status != "reset_password":  # WHMCS's own ChangePassword: WHMCS tells the client itself
         return Done()
-    return send_mail(ctx, ctx.package.email_reset_password, {"password": unseal(ctx.service.password)},
-                     "reset password")
+    return send_mail(ctx, ctx.package.email_reset_password, access_parameters(ctx), "reset password")
 
 
 RESET_PASSWORD = register(Pipeline("ResetPassword", "reset_password", (

@@ -51,8 +51,11 @@ def remove_for_redeploy(ctx: StepContext) -> StepResult:
 
 
 def remove_for_reinstall(ctx: StepContext) -> StepResult:
-    """Snapshots deleted, backups kept, the VM removed; its VMID, MAC and addresses stay for the new one."""
+    """Snapshots deleted, backups kept, the VM removed; its VMID, MAC and addresses stay for the new one.
+    The template is checked first: a VM is never removed for one that cannot be cloned."""
+    from .deploy import template_of
     vm = ctx.vm
+    template_of(ctx)  # StepFailed when the chosen template is not one: the VM is left as it is
     if not (vm.task_upid and vm.task_status == vm.status) and vm.vmid:
         found = vm_location(ctx.pve(), vm.vmid)
         if found is not None and found.get("name") == vm.name:

@@ -588,9 +588,99 @@ def test_a_single_deploy_step_as_an_admin_command(app, bridge, cluster, clock):
 
 def test_a_suspended_service_refuses_client_actions(app, bridge, cluster, clock):
     register_cluster(cluster, **PRODUCT)
-    deployed(bridge, cluster, clock)
-    bridge.call("SuspendAccount", account_params(cluster, 5546, status="Suspended"))
+    vm = deployed(bridge, cluster, clock)
+    # WHMCS sets Suspended only after SuspendAccount succeeds: the call itself carries Active (found in
+    # review: the suspension was never recorded, and client actions went on)
+    assert bridge.call("SuspendAccount", account_params(cluster, 5546, status="Active")).get_json() == \
+        {"result": "success"}
+    assert db.session.get(Service, 5546).status == "Suspended" and cluster.pve.vm(vm.vmid).status == "stopped"
     for function in ("ResetPassword", "Reinstall"):
         answer = bridge.call(function, account_params(cluster, 5546, status="Suspended")).get_json()
         assert answer == {"result": "error", "message": "the service is suspended"}
     assert db.session.get(VM, 5546).status == "ready"
+    # WHMCS's own ChangePassword on a suspended service: cloud-init gets it, the VM stays off
+    assert bridge.call("ChangePassword", account_params(cluster, 5546, status="Suspended",
+                                                        password="New-Pass-1")).get_json() == {"result": "success"}
+    clock.advance(60)
+    tick(clock, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status == "stopped"
+    # UnsuspendAccount carries Suspended; after it, the client's actions work again
+    assert bridge.call("UnsuspendAccount", account_params(cluster, 5546, status="Suspended")).get_json() == \
+        {"result": "success"}
+    assert db.session.get(Service, 5546).status == "Active" and cluster.pve.vm(vm.vmid).status == "running"
+
+
+def test_whmcs_retries_and_crossed_calls_get_sensible_answers(app, bridge, cluster, clock):
+    """Found in review: a retried TerminateAccount was an error and wiped a running terminate's task; a
+    CreateAccount or a Redeploy during a terminate answered success and did nothing, or deployed again."""
+    register_cluster(cluster, **PRODUCT)
+    assert bridge.call("TerminateAccount", account_params(cluster, 5599)).get_json() == {"result": "success"}
+    vm = deployed(bridge, cluster, clock)
+    assert bridge.call("TerminateAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    db.session.refresh(vm)
+    vm.task_upid, vm.task_status = "UPID:pve1:00000001:00000001:00000001:qmdestroy:100:root@pam:", "terminate"
+    db.session.commit()
+    assert bridge.call("TerminateAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    db.session.refresh(vm)
+    assert vm.status == "terminate" and vm.task_upid.startswith("UPID:")  # the terminate in progress is kept
+    vm.task_upid = vm.task_status = None
+    db.session.commit()
+    again = bridge.call("CreateAccount", account_params(cluster, 5546)).get_json()
+    assert again["result"] == "error" and "being terminated" in again["message"]
+    redeploy = bridge.call("Redeploy", account_params(cluster, 5546)).get_json()
+    assert redeploy["result"] == "error" and "terminated service is not redeployed" in redeploy["message"]
+    clock.advance(60)
+    tick(clock, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove"
+    assert bridge.call("TerminateAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+
+
+def test_a_reinstall_onto_something_that_is_not_a_template_removes_nothing(app, bridge, cluster, clock):
+    """Found in review: any VMID was taken, the VM removed, and the clone then failed for ever."""
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    for template in (4242, vm.vmid):
+        answer = bridge.call("Reinstall", {**account_params(cluster, 5546), "template": template}).get_json()
+        assert answer == {"result": "error", "message": f"{template} is not a template on the cluster"}
+    # and should one get through (a template removed meanwhile), the pipeline checks before removing
+    vm.os_template, vm.status = 4242, "reinstall"
+    db.session.commit()
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "reinstall" and cluster.pve.vm(vm.vmid) is not None, "\n".join(lines)
+    assert "template 4242 is not a template on the cluster" in vm.last_error_message
+
+
+def test_client_actions_answer_clearly_when_whmcs_or_the_queue_is_down(app, bridge, cluster, clock, monkeypatch):
+    """Found in review: ResetPassword with the WHMCS API down, and any queued action with Redis down, were
+    500s (after writing the new status)."""
+    from core import queue as work_queue
+    register_cluster(cluster, **PRODUCT)
+    deployed(bridge, cluster, clock)
+    answer = bridge.call("ResetPassword", account_params(cluster, 5546))
+    assert answer.status_code == 200 and answer.get_json()["result"] == "error"
+    assert "WHMCS API" in answer.get_json()["message"] and db.session.get(VM, 5546).status == "ready"
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+    monkeypatch.setattr(work_queue, "enqueue_vm", down)
+    assert bridge.call("ChangePackage", account_params(cluster, 5546, configoptions={"CPU Cores": "3"})) \
+        .get_json() == {"result": "success"}
+    assert db.session.get(VM, 5546).status == "change_package"  # the next tick takes it
+
+
+def test_a_whmcs_answer_that_is_no_json_object_is_a_whmcs_error(app, monkeypatch):
+    """Found in review: a JSON answer that is not an object (null, a list, a string) crashed the caller."""
+    import requests as http
+    from core import settings, whmcs
+    settings.update({"whmcs_api_url": "https://billing.example/includes/api.php", "whmcs_api_identifier": "i",
+                     "whmcs_api_secret": "s"})
+    for body in ("null", "[]", '"ok"'):
+        answer = http.Response()
+        answer.status_code, answer._content = 200, body.encode()
+        monkeypatch.setattr(http, "post", lambda *args, _answer=answer, **kwargs: _answer)
+        with pytest.raises(whmcs.WhmcsError, match="no JSON object"):
+            whmcs.call("SendEmail", messagename="x", id=1)
