@@ -43,8 +43,10 @@ def _addresses(ctx: StepContext) -> list[IPAddress]:
 
 
 def vm_fqdn(ctx: StepContext) -> str:
+    """``<vm name>.<main domain>``; without a main domain the VM has no name in DNS ("": no A, AAAA or PTR
+    records but those an admin names by hand), never a single-label one."""
     domain = ctx.package.main_domain.rstrip(".")
-    return f"{ctx.vm.name}.{domain}" if domain else ctx.vm.name
+    return f"{ctx.vm.name}.{domain}" if domain else ""
 
 
 def _resize(ctx: StepContext, key: str | None, size_gb: int, what: str) -> StepResult:

@@ -174,6 +174,19 @@ def test_an_unexpected_provider_failure_never_holds_a_vm_back_either(app, bridge
     assert vm.status == "remove", "\n".join(lines)
 
 
+def test_without_a_main_domain_no_ptr_points_at_a_bare_name(app, bridge, cluster, clock, powerdns):
+    """Found in review: with no main domain the PTRs named the bare VM name, a single label."""
+    powerdns_zones(powerdns)
+    register_cluster(cluster, **{**PRODUCT, "main_domain": ""})
+    vm, lines = deploy(bridge, cluster, clock)
+    assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == [], "\n".join(lines)
+    # a name set by hand is published
+    vm.rev_dns = {**vm.rev_dns, "192.0.2.10": "mail.customer.example"}
+    db.session.commit()
+    dns.resync(dns.Target(vm.service_id, "", ["192.0.2.10"], vm.rev_dns))
+    assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == ["mail.customer.example."]
+
+
 def test_zone_test_button_and_masked_secrets(app, client, powerdns, cloudflare):
     from tests.test_panel import csrf_of, login
     from core import admins

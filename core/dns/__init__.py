@@ -193,7 +193,9 @@ def plan(target: Target, available: list[DnsZone]) -> list[tuple[DnsZone, list[R
         forward = []
         if target.fqdn and in_zone(target.fqdn, zone.name):
             forward = [RRSet(target.fqdn, "A", v4), RRSet(target.fqdn, "AAAA", v6)]
-        reverse = [RRSet(reverse_name(a), "PTR", (target.rev_dns.get(a) or target.fqdn,))
+        # An address with no name (no main domain, none set by hand) gets no PTR written; a delete still
+        # removes whatever PTR it has.
+        reverse = [RRSet(reverse_name(a), "PTR", tuple(n for n in (target.rev_dns.get(a) or target.fqdn,) if n))
                    for a in target.addresses if in_zone(reverse_name(a), zone.name, proper=True)]
         if forward or reverse:
             out.append((zone, forward, reverse))
