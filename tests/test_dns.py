@@ -2,6 +2,7 @@
 Cloudflare and HestiaCP fakes; Set DNS records resyncs; a broken provider never holds a VM back."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from core import dns, settings
@@ -185,6 +186,25 @@ def test_without_a_main_domain_no_ptr_points_at_a_bare_name(app, bridge, cluster
     db.session.commit()
     dns.resync(dns.Target(vm.service_id, "", ["192.0.2.10"], vm.rev_dns))
     assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == ["mail.customer.example."]
+
+
+@pytest.mark.parametrize("classless", ["0-63.2.0.192.in-addr.arpa", "0/26.2.0.192.in-addr.arpa"])
+def test_classless_reverse_zones_hold_their_addresses_ptrs(app, bridge, cluster, clock, powerdns, classless):
+    """RFC 2317: a /24 delegated in parts; the part's zone holds "10.<zone>" PTRs (the /24's zone holds the
+    CNAMEs to them, the ISP's or the operator's, and gets no PTR of its own for these addresses)."""
+    for name in ("example.com", V4_ZONE, classless):
+        powerdns.create_zone(name)
+        dns.create_zone({"name": name, "provider": "powerdns", "server_url": powerdns.url,
+                         "api_key": powerdns.api_key})
+    register_cluster(cluster, **PRODUCT)
+    vm, lines = deploy(bridge, cluster, clock)
+    fqdn = f"{vm.name}.example.com."
+    assert powerdns.dig(f"10.{classless}", "PTR") == [fqdn] and powerdns.dig(f"11.{classless}", "PTR") == [fqdn]
+    assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == [], "\n".join(lines)
+    bridge.call("TerminateAccount", account_params(cluster, vm.service_id))
+    clock.advance(60)
+    run_tick(Output([].append, clock), only="processVirtualMachines")
+    assert powerdns.dig(f"10.{classless}", "PTR") == []
 
 
 def test_zone_test_button_and_masked_secrets(app, client, powerdns, cloudflare):

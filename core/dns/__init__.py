@@ -24,7 +24,7 @@ from ..vault import SecretUnreadable, seal, unseal
 from .base import DnsError, Outcome, ProviderClient, RRSet
 from .cloudflare import DEFAULT_API, Cloudflare
 from .hestiacp import HestiaCp
-from .names import in_zone, normalize, reverse_name
+from .names import classless_span, in_zone, normalize, reverse_name_in
 from .powerdns import PowerDns
 
 PROVIDERS = {"cloudflare": "Cloudflare", "hestiacp": "HestiaCP", "powerdns": "PowerDNS"}
@@ -32,7 +32,7 @@ PROVIDERS = {"cloudflare": "Cloudflare", "hestiacp": "HestiaCP", "powerdns": "Po
 FIELDS = {"cloudflare": ("account_id", "zone_id"), "hestiacp": ("server_url", "admin_user", "owner_user"),
           "powerdns": ("server_url",)}
 SECRET_FIELD = {"cloudflare": "api_token", "hestiacp": "admin_password", "powerdns": "api_key"}
-ZONE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-._")
+ZONE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-._/")  # "/": RFC 2317 (0/26.2.0.192...)
 
 
 class ZoneError(ValueError):
@@ -188,15 +188,20 @@ def plan(target: Target, available: list[DnsZone]) -> list[tuple[DnsZone, list[R
     """For each zone that concerns the VM: its forward and its reverse record sets."""
     v4 = tuple(a for a in target.addresses if ipaddress.ip_address(a).version == 4)
     v6 = tuple(a for a in target.addresses if ipaddress.ip_address(a).version == 6)
+    # An address in an RFC 2317 classless zone has its PTR there only: its /24's zone holds the CNAME to it.
+    delegated = {a for a in v4 for zone in available
+                 if classless_span(zone.name) and reverse_name_in(a, zone.name)}
     out = []
     for zone in available:
         forward = []
         if target.fqdn and in_zone(target.fqdn, zone.name):
             forward = [RRSet(target.fqdn, "A", v4), RRSet(target.fqdn, "AAAA", v6)]
+        classless = classless_span(zone.name) is not None
         # An address with no name (no main domain, none set by hand) gets no PTR written; a delete still
         # removes whatever PTR it has.
-        reverse = [RRSet(reverse_name(a), "PTR", tuple(n for n in (target.rev_dns.get(a) or target.fqdn,) if n))
-                   for a in target.addresses if in_zone(reverse_name(a), zone.name, proper=True)]
+        reverse = [RRSet(name, "PTR", tuple(n for n in (target.rev_dns.get(a) or target.fqdn,) if n))
+                   for a in target.addresses
+                   if (classless or a not in delegated) and (name := reverse_name_in(a, zone.name))]
         if forward or reverse:
             out.append((zone, forward, reverse))
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 
 def normalize(name: str) -> str:
@@ -17,6 +18,39 @@ def absolute(name: str) -> str:
 def reverse_name(address: str) -> str:
     """``10.2.0.192.in-addr.arpa`` or the 32-nibble ``...ip6.arpa`` name of an address."""
     return ipaddress.ip_address(address).reverse_pointer
+
+
+_CLASSLESS = re.compile(r"^(\d{1,3})(?:-(\d{1,3})|/(\d{1,2}))\.(\d{1,3}\.\d{1,3}\.\d{1,3}\.in-addr\.arpa)$")
+
+
+def classless_span(zone: str) -> tuple[str, int, int] | None:
+    """An RFC 2317 zone for part of a /24 (``0-63.2.0.192.in-addr.arpa`` or ``0/26.2.0.192.in-addr.arpa``):
+    (the /24's own reverse zone, the first and the last final octet it holds); None for any other name."""
+    found = _CLASSLESS.match(normalize(zone))
+    if not found:
+        return None
+    first = int(found.group(1))
+    if found.group(2) is not None:
+        last = int(found.group(2))
+    else:
+        bits = int(found.group(3))
+        if not 24 < bits <= 32:
+            return None
+        last = first + 2 ** (32 - bits) - 1
+    return (found.group(4), first, last) if first <= last <= 255 else None
+
+
+def reverse_name_in(address: str, zone: str) -> str | None:
+    """The name of the address's PTR record in this zone, or None when the zone does not hold it: the
+    standard reverse name under a parent zone, ``<final octet>.<zone>`` in an RFC 2317 classless zone (the
+    parent's CNAME for the address points there)."""
+    name = reverse_name(address)
+    span = classless_span(zone)
+    if span is not None:
+        parent, first, last = span
+        octet, _, rest = name.partition(".")
+        return f"{octet}.{normalize(zone)}" if rest == parent and first <= int(octet) <= last else None
+    return name if in_zone(name, zone, proper=True) else None
 
 
 def in_zone(name: str, zone: str, proper: bool = False) -> bool:
