@@ -57,14 +57,9 @@ def pool_used(pool_id: int) -> int:
 
 def rdns_zone(family: int, gateway_or_first: str, mask: int) -> str | None:
     """The reverse zone an admin must delegate for this prefix, or None when it is not on a zone boundary
-    (IPv4 /8, /16, /24, or an RFC 2317 classless zone such as ``0-63.2.0.192.in-addr.arpa`` for a longer
-    prefix; IPv6 any multiple of 4)."""
+    (IPv4 /8, /16, /24; IPv6 any multiple of 4)."""
     network = ipaddress.ip_network(f"{gateway_or_first}/{mask}", strict=False)
     if family == 4:
-        if mask > 24:
-            first, last = network.network_address, network.broadcast_address
-            octets = str(first).split(".")
-            return f"{octets[3]}-{str(last).split('.')[3]}." + ".".join(reversed(octets[:3])) + ".in-addr.arpa"
         if mask not in (8, 16, 24):
             return None
         octets = str(network.network_address).split(".")[: mask // 8]
