@@ -31,8 +31,9 @@ def _ip(value: Any, family: int | None) -> ipaddress.IPv4Address | ipaddress.IPv
     return addr if family is None or addr.version == family else None
 
 
-def validate(values: dict[str, Any]) -> dict[str, Any]:
-    """Check a pool's fields; returns them cleaned or raises PoolError with a message per field."""
+def validate(values: dict[str, Any], existing: IPPool | None = None) -> dict[str, Any]:
+    """Check a pool's fields (``existing``: the pool being edited); returns them cleaned or raises PoolError
+    with a message per field."""
     errors: dict[str, Any] = {}
     clean: dict[str, Any] = {}
     try:
@@ -81,9 +82,22 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
             errors[key] = _l("%(address)s is outside %(network)s.", address=addr, network=network)
         else:
             clean[key] = str(addr)
-    if "first" in clean and "last" in clean and \
-            ipaddress.ip_address(clean["first"]) > ipaddress.ip_address(clean["last"]):
-        errors["last"] = _l("The last address must not come before the first.")
+    if network is not None and network.version == 4 and network.prefixlen <= 30:
+        for key in ("gateway", "first", "last"):  # neither the network's own address nor its broadcast
+            if key in clean and ipaddress.ip_address(clean[key]) in (network.network_address,
+                                                                     network.broadcast_address):
+                errors[key] = _l("%(address)s is the network's own address or its broadcast address.",
+                                 address=clean.pop(key))
+    if "first" in clean and "last" in clean:
+        first, last = ipaddress.ip_address(clean["first"]), ipaddress.ip_address(clean["last"])
+        if first > last:
+            errors["last"] = _l("The last address must not come before the first.")
+        elif first == last == gateway:
+            errors["last"] = _l("The range holds no address to hand out (the gateway never is).")
+        elif "server_id" in clean and family_n:
+            errors.update(_overlaps(clean["server_id"], family_n, first, last, existing))
+    if existing is not None and not errors:
+        errors.update(_keeps_its_allocations(existing, clean))
     for key in ("dns1", "dns2"):
         raw = str(values.get(key) or "").strip()
         if raw and _ip(raw, None) is None:
@@ -92,6 +106,33 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise PoolError(errors)
     return clean
+
+
+def _overlaps(server_id: int, family: int, first, last, existing: IPPool | None) -> dict[str, Any]:
+    """Another pool of the server whose range meets this one (it would count its addresses twice)."""
+    for other in db.session.scalars(select(IPPool).where(IPPool.server_id == server_id, IPPool.family == family)):
+        if existing is not None and other.id == existing.id:
+            continue
+        if ipaddress.ip_address(other.first) <= last and first <= ipaddress.ip_address(other.last):
+            return {"first": _l("Overlaps pool %(id)s (%(first)s – %(last)s) of this server.", id=other.id,
+                                first=other.first, last=other.last)}
+    return {}
+
+
+def _keeps_its_allocations(pool: IPPool, clean: dict[str, Any]) -> dict[str, Any]:
+    """An edit may not move a pool from under the addresses it has handed out."""
+    if not ipam.pool_used(pool.id):
+        return {}
+    if clean.get("family") != pool.family or clean.get("server_id") != pool.server_id:
+        return {"family": _l("Addresses of this pool are allocated: its server and family stay as they are.")}
+    first, last = ipaddress.ip_address(clean["first"]), ipaddress.ip_address(clean["last"])
+    outside = [a.address for a in db.session.scalars(
+        select(IPAddress).where(IPAddress.pool_id == pool.id, IPAddress.service_id.is_not(None)))
+        if not first <= ipaddress.ip_address(a.address) <= last]
+    if outside:
+        return {"first": _l("Allocated addresses would fall outside the range: %(list)s.",
+                            list=", ".join(outside[:10]))}
+    return {}
 
 
 def create(values: dict[str, Any]) -> IPPool:
@@ -103,7 +144,7 @@ def create(values: dict[str, Any]) -> IPPool:
 
 def update(pool: IPPool, values: dict[str, Any]) -> IPPool:
     """Change a pool; addresses already handed out keep their pool and service."""
-    clean = validate({**{k: getattr(pool, k) for k in FIELDS}, **values})
+    clean = validate({**{k: getattr(pool, k) for k in FIELDS}, **values}, existing=pool)
     for key, value in clean.items():
         setattr(pool, key, value)
     pool.cursor = None  # the range may have moved: search it afresh

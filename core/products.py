@@ -148,6 +148,11 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
             errors[key] = _l("Must be between %(min)s and %(max)s.", min=0, max=999999999)
     if clean.get("first_vmid", 100) < 100:
         errors["first_vmid"] = _l("Must be at least 100 (Proxmox reserves lower IDs).")
+    if 0 < clean.get("template_vmid", 0) < 100:  # 0: not set yet
+        errors["template_vmid"] = _l("Must be at least 100 (Proxmox reserves lower IDs).")
+    for key in ("ipv4_count", "ipv6_count"):  # what one VM can sensibly be given at once
+        if key in clean and not 0 <= clean[key] <= 256:
+            errors[key] = _l("Must be between %(min)s and %(max)s.", min=0, max=256)
     for key in ("cpu_cores", "cpu_sockets"):
         if key in clean and not 1 <= clean[key] <= 512:
             errors[key] = _l("Must be between %(min)s and %(max)s.", min=1, max=512)

@@ -196,8 +196,7 @@ def _pool_row(pool_id: int) -> pool_service.PoolRow:
 @api.post("/pools")
 @requires("ip_pools", change=True)
 def pools_create():
-    values = body()
-    _only_known(values, pool_service.FIELDS)
+    values = typed(body(), SPEC["components"]["schemas"]["PoolInput"])
     try:
         pool = pool_service.create(values)
     except pool_service.PoolError as exc:
@@ -217,8 +216,7 @@ def pools_update(pool_id: int):
     pool = db.session.get(IPPool, pool_id)
     if pool is None:
         raise ApiError(404, f"no IP pool {pool_id}")
-    values = body()
-    _only_known(values, pool_service.FIELDS)
+    values = typed(body(), SPEC["components"]["schemas"]["PoolInput"])
     try:
         pool_service.update(pool, values)
     except pool_service.PoolError as exc:

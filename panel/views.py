@@ -22,16 +22,7 @@ from core.vault import SecretUnreadable, unseal
 
 from . import bp, section, wants_json
 
-PIPELINE_GROUPS = {
-    "deploy": ("creation", "set_ip", "set_dns", "clone", "migrated", "set_cpu_ram", "set_system_disk_size",
-               "set_system_disk_bandwidth", "set_created_additional_disk", "set_additional_disk_size",
-               "set_additional_disk_bandwidth", "set_network", "set_firewall", "set_cloudinit", "starting",
-               "redeploy"),
-    "change_package": ("change_package", "cp_update_ip", "cp_stop", "cp_cpu_ram", "cp_system_disk_size",
-                       "cp_system_disk_bandwidth", "cp_additional_disk", "cp_additional_disk_size",
-                       "cp_additional_disk_bandwidth", "cp_network", "cp_firewall", "cp_start"),
-    "other": ("reinstall", "set_dns_records", "terminate"),
-}
+PIPELINE_GROUPS = vm_service.PIPELINE_STATUSES
 
 
 class ActionForm(FlaskForm):

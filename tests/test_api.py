@@ -65,6 +65,37 @@ def test_pools_crud_with_field_errors(client, token):
     assert db.session.get(IPPool, pool["id"]) is None
 
 
+def test_pools_that_would_hand_out_wrong_addresses_are_refused(client, token):
+    """Found in review: overlapping pools of one server, a network or broadcast address in the range, a pool
+    of nothing but its gateway, and an edit that moved a pool (or its family) from under its allocations
+    were all taken."""
+    seed_fleet(2)  # pool 1: 192.168.130.2 - .254 on server 1, .2 and .3 allocated
+    base = {"server_id": 1, "family": 4, "bridge": "vmbr0", "vlan": 0, "mask": 24}
+
+    def post(**fields):
+        answer = client.post("/api/v1/pools", headers=auth(token), json={**base, **fields})
+        assert answer.status_code == 400, answer.get_json()
+        return answer.get_json()["errors"]
+    assert "Overlaps pool 1 (192.168.130.2 – 192.168.130.254)" in post(
+        gateway="192.168.130.1", first="192.168.130.100", last="192.168.130.120")["first"]
+    errors = post(gateway="10.9.0.0", first="10.9.0.0", last="10.9.0.255")
+    assert set(errors) == {"gateway", "first", "last"}
+    assert "network's own address or its broadcast address" in errors["last"]
+    assert "holds no address" in post(gateway="10.9.1.1", first="10.9.1.1", last="10.9.1.1", mask=32)["last"]
+    moved = client.put("/api/v1/pools/1", headers=auth(token), json={"first": "192.168.130.10",
+                                                                    "last": "192.168.130.20"})
+    assert moved.status_code == 400
+    assert "192.168.130.2, 192.168.130.3" in moved.get_json()["errors"]["first"]
+    refamily = client.put("/api/v1/pools/1", headers=auth(token), json={
+        "family": 6, "gateway": "2001:db8::1", "mask": 64, "first": "2001:db8::2", "last": "2001:db8::ff"})
+    assert refamily.status_code == 400 and "family" in refamily.get_json()["errors"]
+    assert client.put("/api/v1/pools/1", headers=auth(token), json={"last": "192.168.130.200"}).status_code == 200
+    # and every field has its schema's JSON type (found in review: 24.7, true and "1" were taken as numbers)
+    for field, value in (("mask", 24.7), ("mask", True), ("server_id", "1"), ("family", "IPv4")):
+        typed = client.put("/api/v1/pools/1", headers=auth(token), json={field: value})
+        assert typed.status_code == 400 and field in typed.get_json()["errors"], (field, value)
+
+
 def test_vms_list_filters_log_reset_redeploy_delete(client, token):
     seed_fleet(3)
     page = client.get("/api/v1/vms?vm_status=ready&sort=id&dir=asc", headers=auth(token)).get_json()

@@ -684,3 +684,12 @@ def test_a_whmcs_answer_that_is_no_json_object_is_a_whmcs_error(app, monkeypatch
         monkeypatch.setattr(http, "post", lambda *args, _answer=answer, **kwargs: _answer)
         with pytest.raises(whmcs.WhmcsError, match="no JSON object"):
             whmcs.call("SendEmail", messagename="x", id=1)
+
+
+def test_every_status_a_pipeline_uses_is_one_the_panel_knows():
+    """core.vms.KNOWN_STATUSES (what the DB Record editor takes, what the dashboard counts) and the pipelines
+    of jobs/ name the same statuses."""
+    from core.vms import KNOWN_STATUSES
+    from jobs.pipeline import PIPELINES
+    used = {s for p in PIPELINES for s in p.statuses | {p.final}} | {"error_terminate", "remove"}
+    assert used == set(KNOWN_STATUSES)

@@ -187,6 +187,10 @@ def test_vm_management_lists_searches_and_escapes(logged_in):
     assert "#5546" not in only and "#5547" in only
     found = logged_in.get("/vms?q=192.168.130.4").get_data(as_text=True)
     assert "#5548" in found and "#5547" not in found
+    # "%" and "_" are searched as typed, not as wildcards (found in review: each matched every VM)
+    assert "Showing 0 to 0 of 0 entries" in logged_in.get("/vms?q=%25").get_data(as_text=True)
+    underscore = logged_in.get("/vms?q=_").get_data(as_text=True)  # only set_cloudinit has one
+    assert "Showing 1 to 1 of 1 entries" in underscore and "#5546" in underscore
     statuses = logged_in.get("/vms/status", query_string={"ids": "5546,5547,\u00b9,99999999999999999999"},
                              headers={"Accept": "application/json"}).get_json()
     assert statuses["5546"]["status"] == "set_cloudinit" and set(statuses) == {"5546", "5547"}
@@ -239,6 +243,12 @@ def test_vm_reset_redeploy_log_record_and_delete(logged_in):
     long = logged_in.post("/vms/5546/record", data={"csrf_token": token, "name": "n" * 256, "mac": "m" * 33})
     assert long.status_code == 400 and "At most 255 characters." in long.get_data(as_text=True)
     assert "At most 32 characters." in long.get_data(as_text=True)
+    # found in review: a VMID another VM has was a 500, and any status was taken (the VM then stalled)
+    seed_taken = db.session.get(VM, 5547).vmid
+    taken = logged_in.post("/vms/5546/record", data={"csrf_token": token, "vmid": str(seed_taken)})
+    assert taken.status_code == 400 and "Another VM of this server has this VMID." in taken.get_data(as_text=True)
+    bogus = logged_in.post("/vms/5546/record", data={"csrf_token": token, "status": "bogus_status"})
+    assert bogus.status_code == 400 and "Not a status this product knows." in bogus.get_data(as_text=True)
     # and a page number no database offset can take is an empty page, not a 500
     assert logged_in.get("/vms?page=99999999999999999999").status_code == 200
     logged_in.post("/vms/5546/record", data={"csrf_token": token, "vmid": "2100", "status": "remove"})

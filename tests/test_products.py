@@ -26,9 +26,11 @@ def test_stored_values_override_defaults_and_bad_ones_fall_back():
 def test_validate_reports_every_problem():
     with pytest.raises(ProductSettingsError) as err:
         validate({"cpu_cores": 0, "network_bridge": "1bad bridge", "network_vlan": 5000, "clone_mode": "copy",
-                  "first_vmid": 50, "firewall_policy_in": "ALLOW", "system_disk_gb": -1, "nope": 1})
+                  "first_vmid": 50, "firewall_policy_in": "ALLOW", "system_disk_gb": -1, "nope": 1,
+                  "template_vmid": 50, "ipv4_count": 100000})  # the last two found in review
     assert set(err.value.errors) == {"cpu_cores", "network_bridge", "network_vlan", "clone_mode", "first_vmid",
-                                     "firewall_policy_in", "system_disk_gb", "nope"}
+                                     "firewall_policy_in", "system_disk_gb", "nope", "template_vmid", "ipv4_count"}
+    assert validate({"template_vmid": 0, "ipv4_count": 0})["template_vmid"] == 0  # not set yet: fine
 
 
 def test_product_cli_sets_all_or_nothing(app, runner):
