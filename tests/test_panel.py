@@ -274,8 +274,11 @@ def test_read_only_group_sees_but_cannot_change(client, app):
 def test_settings_validated_to_their_ranges_and_secret_never_shown(logged_in):
     token = csrf_of(logged_in.get("/settings").get_data(as_text=True))
     bad = logged_in.post("/settings", data={"csrf_token": token, "api_timeout": "0", "api_heavy_timeout": "601",
-                                            "migration_timeout": "300"})
+                                            "migration_timeout": "300", "delete_data_on_uninstall": "on"})
     assert bad.status_code == 400
+    # what was typed comes back with the errors, the boxes too (found in review: they showed the stored values)
+    assert re.search(r'name="delete_data_on_uninstall"\s+checked', bad.get_data(as_text=True))
+    assert not re.search(r'name="migration_enabled"\s+checked', bad.get_data(as_text=True))
     ok = logged_in.post("/settings", data={"csrf_token": token, "api_timeout": "20", "api_heavy_timeout": "90",
                                            "migration_timeout": "300", "migration_enabled": "on",
                                            "whmcs_api_secret": "top-secret-value"})
