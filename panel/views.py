@@ -6,6 +6,7 @@ from datetime import timedelta
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError
 from sqlalchemy import func, select
 
 from core import dns
@@ -387,6 +388,17 @@ def _task_rows() -> list[dict]:
         rows.append({"name": name, "default": default, "interval": settings_service.get(f"interval_{name}"),
                      "last_run": row.last_run_at if row else None, "status": row.last_status if row else "never"})
     return rows
+
+
+@bp.app_errorhandler(CSRFError)
+def form_expired(_exc):
+    """A form whose security token is missing or too old (a page left open, a cross-site post): refused, as
+    Flask-WTF refuses it, but with what to do rather than a bare 400."""
+    if wants_json():
+        return jsonify(error="form expired"), 400
+    return render_template("error.html", code=400, message=_(
+        "The form had expired (its security token is no longer valid): go back, reload the page and submit "
+        "it again.")), 400
 
 
 @bp.app_errorhandler(403)
