@@ -260,9 +260,5 @@ def create_account(payload: dict) -> tuple[dict, int]:
                           connection=connection)
         keep_nonce(connection)
     if queued:
-        try:
-            work_queue.enqueue_vm(params.service_id)
-        except Exception:  # noqa: BLE001 - the VM is recorded: the next tick queues it
-            log.warning("service %s: the deploy could not be queued now; the next tick will", params.service_id,
-                        exc_info=True)
+        work_queue.enqueue_recorded(params.service_id)
     return body, status

@@ -6,7 +6,6 @@ any import step. Validation happens before anything is written; each operation i
 from __future__ import annotations
 
 import json
-import logging
 import re
 import secrets
 import time
@@ -22,7 +21,6 @@ from .products import PackageError, ProductSettings, resolve_package
 from .proxmox.client import split_token_id
 from .vault import seal, seals, unseal
 
-log = logging.getLogger("pkvm.accounts")
 SECRET_KEYS = {"password", "serverpassword", "serveraccesshash", "secret", "token_secret"}
 ID_FIELDS = ("serviceid", "userid", "pid", "serverid")
 SERVER_STATUSES = ("Pending", "Active", "Suspended", "Terminated", "Cancelled", "Fraud", "Completed")
@@ -432,15 +430,6 @@ def power(params: AccountParams, action: str) -> None:
         raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {exc.message}") from None
 
 
-def _enqueue(service_id: int) -> None:
-    """Queue the VM's pipeline now; its status is committed already, so a queue that is down only means the
-    next tick queues it."""
-    try:
-        work_queue.enqueue_vm(service_id)
-    except Exception:  # noqa: BLE001 - the work is recorded; the tick picks it up
-        log.warning("service %s: could not be queued now; the next tick will", service_id, exc_info=True)
-
-
 def _queue(vm: VM, status: str, allowed_from: tuple[str, ...] = ("ready",)) -> None:
     if vm.status == status:
         return
@@ -449,7 +438,7 @@ def _queue(vm: VM, status: str, allowed_from: tuple[str, ...] = ("ready",)) -> N
     vm.status = status
     vm.task_upid = vm.task_status = vm.task_started_at = vm.next_run_at = None
     db.session.commit()
-    _enqueue(vm.service_id)
+    work_queue.enqueue_recorded(vm.service_id)
 
 
 def change_package(params: AccountParams) -> VM:
@@ -501,7 +490,7 @@ def terminate(params: AccountParams) -> VM | None:
     vm.status = "terminate"
     vm.task_upid = vm.task_status = vm.task_started_at = vm.next_run_at = None
     db.session.commit()
-    _enqueue(vm.service_id)
+    work_queue.enqueue_recorded(vm.service_id)
     return vm
 
 

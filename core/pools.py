@@ -121,14 +121,14 @@ def _overlaps(server_id: int, family: int, first, last, existing: IPPool | None)
 
 def _keeps_its_allocations(pool: IPPool, clean: dict[str, Any]) -> dict[str, Any]:
     """An edit may not move a pool from under the addresses it has handed out."""
-    if not ipam.pool_used(pool.id):
+    held = list(db.session.scalars(select(IPAddress.address).where(IPAddress.pool_id == pool.id,
+                                                                    IPAddress.service_id.is_not(None))))
+    if not held:
         return {}
     if clean.get("family") != pool.family or clean.get("server_id") != pool.server_id:
         return {"family": _l("Addresses of this pool are allocated: its server and family stay as they are.")}
     first, last = ipaddress.ip_address(clean["first"]), ipaddress.ip_address(clean["last"])
-    outside = [a.address for a in db.session.scalars(
-        select(IPAddress).where(IPAddress.pool_id == pool.id, IPAddress.service_id.is_not(None)))
-        if not first <= ipaddress.ip_address(a.address) <= last]
+    outside = [address for address in held if not first <= ipaddress.ip_address(address) <= last]
     if outside:
         return {"first": _l("Allocated addresses would fall outside the range: %(list)s.",
                             list=", ".join(outside[:10]))}

@@ -2,12 +2,14 @@
 wake-up for the in-process ticker."""
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from datetime import timedelta
 
 from flask import current_app
 
+log = logging.getLogger("pkvm.queue")
 VM_JOB = "jobs.worker.process_vm_job"
 # Set whenever work is queued without Redis; the in-process ticker waits on it.
 wakeup = threading.Event()
@@ -41,6 +43,18 @@ def vm_job_id(service_id: int) -> str:
 ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 
 
+def _job_active(job_id: str, connection) -> bool:
+    """Whether the job of this id waits or runs (enqueueing it again would overwrite it)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    try:
+        # Job.fetch rather than Queue.fetch_job, which also scrubs a missing id from the queue (a round trip
+        # for every new VM); the status comes with the fetch.
+        return Job.fetch(job_id, connection=connection).get_status(refresh=False) in ACTIVE_JOB_STATES
+    except NoSuchJobError:
+        return False
+
+
 def enqueue_vm(service_id: int, delay: float = 0) -> bool:
     """Ask for the VM's pipeline to run soon. With Redis: one job per VM (an existing queued or running job
     is not doubled); without: wake the in-process ticker. Returns True when a job was queued."""
@@ -55,15 +69,7 @@ def enqueue_vm(service_id: int, delay: float = 0) -> bool:
                          job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
                          failure_ttl=86400)
         return True
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-    try:
-        # Job.fetch rather than Queue.fetch_job, which also scrubs a missing id from the queue (a round trip
-        # for every new VM); the status comes with the fetch.
-        job = Job.fetch(vm_job_id(service_id), connection=queue.connection)
-    except NoSuchJobError:
-        job = None
-    if job is not None and job.get_status(refresh=False) in ACTIVE_JOB_STATES:
+    if _job_active(vm_job_id(service_id), queue.connection):
         return False
     queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
                   job_timeout=3600)
@@ -83,16 +89,20 @@ def start_tick() -> str:
         module, name = TICK_IN_PROCESS.rsplit(".", 1)
         getattr(importlib.import_module(module), name)(current_app._get_current_object())
         return "started"
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
     job_id = f"{current_app.config['RQ_QUEUE']}-tick"
-    try:
-        if Job.fetch(job_id, connection=queue.connection).get_status(refresh=False) in ACTIVE_JOB_STATES:
-            return "already queued"  # waiting or running: a second tick would find nothing more to do
-    except NoSuchJobError:
-        pass
+    if _job_active(job_id, queue.connection):
+        return "already queued"  # waiting or running: a second tick would find nothing more to do
     queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600)
     return "queued"
+
+
+def enqueue_recorded(service_id: int) -> None:
+    """Queue the VM's pipeline after its new status is committed: a queue that is down now only means the
+    next tick queues it."""
+    try:
+        enqueue_vm(service_id)
+    except Exception:  # noqa: BLE001 - the work is recorded; the tick picks it up
+        log.warning("service %s: could not be queued now; the next tick will", service_id, exc_info=True)
 
 
 class JobFailed(Exception):

@@ -16,6 +16,11 @@ from core import queue as work_queue
 log = logging.getLogger("pkvm.ticker")
 
 
+def pass_wait(app: Flask) -> float:
+    """How long a VM's pass in this process may wait for a Proxmox task: two polls."""
+    return max(float(app.config["TASK_POLL_SECONDS"]), 1.0) * 2
+
+
 class Ticker(threading.Thread):
     def __init__(self, app: Flask, parallel: int = 4):
         super().__init__(name="pkvm-ticker", daemon=True)
@@ -33,7 +38,7 @@ class Ticker(threading.Thread):
 
         clock = SystemClock()
         period = float(self.app.config["TICKER_SECONDS"])
-        max_wait = max(float(self.app.config["TASK_POLL_SECONDS"]), 1.0) * 2
+        max_wait = pass_wait(self.app)
         next_full = clock.monotonic()
         while not self.stopping.is_set():
             with self.app.app_context():
@@ -64,8 +69,7 @@ def tick_in_background(app: Flask) -> threading.Thread:
     def run() -> None:
         with app.app_context():
             try:
-                max_wait = max(float(app.config["TASK_POLL_SECONDS"]), 1.0) * 2
-                run_tick(Output(log.info), inline=True, max_wait=max_wait, parallel=4)
+                run_tick(Output(log.info), inline=True, max_wait=pass_wait(app), parallel=4)
             except Exception:  # noqa: BLE001 - a thread's failure is logged, never raised into nowhere
                 log.exception("tick failed")
     thread = threading.Thread(target=run, name="pkvm-hook-tick", daemon=True)

@@ -23,9 +23,6 @@ from core.vault import SecretUnreadable, unseal
 
 from . import bp, section, wants_json
 
-PIPELINE_GROUPS = vm_service.PIPELINE_STATUSES
-
-
 class ActionForm(FlaskForm):
     """A form with nothing but its CSRF token, for buttons that change state."""
 
@@ -36,7 +33,8 @@ class ActionForm(FlaskForm):
 @section("dashboard")
 def dashboard():
     counts = vm_service.pipeline_counts()
-    pipelines = {name: sum(counts.get(s, 0) for s in statuses) for name, statuses in PIPELINE_GROUPS.items()}
+    pipelines = {name: sum(counts.get(s, 0) for s in statuses)
+                 for name, statuses in vm_service.PIPELINE_STATUSES.items()}
     return render_template(
         "dashboard.html", pools=db.session.scalar(select(func.count()).select_from(IPPool)) or 0,
         dns_zones=db.session.scalar(select(func.count()).select_from(DnsZone)) or 0,
