@@ -124,7 +124,7 @@ def reset(vm: VM, status: str) -> VM:
     vm.next_run_at = None
     vm.lease_owner = vm.lease_until = None
     db.session.commit()
-    work_queue.enqueue_vm(vm.service_id)
+    work_queue.enqueue_recorded(vm.service_id)
     return vm
 
 
@@ -139,7 +139,7 @@ def redeploy(vm: VM) -> VM:
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None
     db.session.commit()
-    work_queue.enqueue_vm(vm.service_id)
+    work_queue.enqueue_recorded(vm.service_id)
     return vm
 
 
@@ -246,7 +246,7 @@ def queue_dns_resync(vm: VM) -> VM:
                                           status=vm.status)})
     vm.status = "set_dns_records"
     db.session.commit()
-    work_queue.enqueue_vm(vm.service_id)
+    work_queue.enqueue_recorded(vm.service_id)
     return vm
 
 

@@ -358,3 +358,29 @@ def test_product_page_says_when_the_cluster_does_not_answer(logged_in):
     seed_fleet(1)
     html = logged_in.get("/products/1").get_data(as_text=True)
     assert "does not answer" in html
+
+
+def test_vm_actions_are_recorded_when_the_queue_is_down(tmp_path):
+    """Found in review: Reset, Redeploy and Set DNS records (the bridge's button) committed the new status, then failed on an
+    unreachable Redis with a 500. The status is the work: the next tick queues it."""
+    from tests.conftest import Bridge, FreshContextClient, make_app
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'down.sqlite3'}", REDIS_URL="redis://127.0.0.1:1/0")
+    app.test_client_class = FreshContextClient
+    with app.app_context():
+        admins.create_admin("root", PASSWORD)
+        seed_fleet(3)
+        client = app.test_client()
+        assert login(client).status_code == 302
+        token = csrf_of(client.get("/vms").get_data(as_text=True))
+        for url, data, sid, status in (("/vms/5546/reset", {"status": "creation"}, 5546, "creation"),
+                                       ("/vms/5546/redeploy", {}, 5546, "redeploy")):
+            answer = client.post(url, data={"csrf_token": token, **data})
+            assert answer.status_code == 302, (url, answer.status_code)
+            db.session.expire_all()
+            assert db.session.get(VM, sid).status == status, url
+        answer = Bridge(app, app.test_client()).call("SetDNSRecords", {"serviceid": 5547})
+        assert answer.status_code == 200 and answer.get_json() == {"result": "success"}
+        db.session.expire_all()
+        assert db.session.get(VM, 5547).status == "set_dns_records"
+        db.session.remove()
+        db.engine.dispose()
