@@ -43,16 +43,24 @@ def vm_job_id(service_id: int) -> str:
 ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 
 
-def _job_active(job_id: str, connection) -> bool:
-    """Whether the job of this id waits or runs (enqueueing it again would overwrite it)."""
+def _job_active(job_id: str, queue) -> bool:
+    """Whether the job of this id waits or runs (enqueueing it again would overwrite it). A "started" job
+    whose worker died without a word (killed, its machine lost) stops counting once RQ's heartbeat for it
+    has expired: RQ's own cleanup marks it failed then, rather than at a worker's next maintenance, up to
+    10 minutes later."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     try:
         # Job.fetch rather than Queue.fetch_job, which also scrubs a missing id from the queue (a round trip
         # for every new VM); the status comes with the fetch.
-        return Job.fetch(job_id, connection=connection).get_status(refresh=False) in ACTIVE_JOB_STATES
+        job = Job.fetch(job_id, connection=queue.connection)
     except NoSuchJobError:
         return False
+    status = job.get_status(refresh=False)
+    if status == "started":
+        queue.started_job_registry.cleanup()
+        status = job.get_status(refresh=True)
+    return status in ACTIVE_JOB_STATES
 
 
 def enqueue_vm(service_id: int, delay: float = 0) -> bool:
@@ -69,7 +77,7 @@ def enqueue_vm(service_id: int, delay: float = 0) -> bool:
                          job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
                          failure_ttl=86400)
         return True
-    if _job_active(vm_job_id(service_id), queue.connection):
+    if _job_active(vm_job_id(service_id), queue):
         return False
     queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
                   job_timeout=3600)
@@ -90,7 +98,7 @@ def start_tick() -> str:
         getattr(importlib.import_module(module), name)(current_app._get_current_object())
         return "started"
     job_id = f"{current_app.config['RQ_QUEUE']}-tick"
-    if _job_active(job_id, queue.connection):
+    if _job_active(job_id, queue):
         return "already queued"  # waiting or running: a second tick would find nothing more to do
     queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600)
     return "queued"

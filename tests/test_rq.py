@@ -7,11 +7,13 @@ import time
 import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
 from rq.registry import ScheduledJobRegistry
 
 import jobs.worker
 from core.extensions import db
 from core.models import VM
+from jobs.cron import run_tick
 from jobs.pipeline import Output, claim, run_vm
 from tests.conftest import Bridge, account_params, hold_migrations, make_app, register_cluster
 
@@ -44,10 +46,16 @@ def rq_app(tmp_path, redis_conn, monkeypatch):
 def drop_queue(queue) -> None:
     """Leave nothing of a test's queue in Redis: its jobs, their results and its registries."""
     queue.empty()
-    for registry in (queue.scheduled_job_registry, queue.finished_job_registry, queue.failed_job_registry,
-                     queue.started_job_registry):
+    for registry in (queue.scheduled_job_registry, queue.finished_job_registry, queue.failed_job_registry):
         for job_id in registry.get_job_ids():
-            registry.remove(job_id, delete_job=True)
+            try:
+                registry.remove(job_id, delete_job=True)
+            except NoSuchJobError:  # one id in two registries (a failed job queued again): deleted already
+                registry.remove(job_id)
+    started = queue.started_job_registry  # a killed worker's job (RQ 3 removes these only by cleanup)
+    for job_id in started.get_job_ids(cleanup=False):
+        queue.connection.delete(f"rq:job:{job_id}")
+    queue.connection.delete(started.key)
     queue.delete(delete_jobs=True)
 
 
@@ -210,4 +218,78 @@ def test_the_preloaded_worker_process_deploys_a_vm(tmp_path, redis_conn, cluster
             db.session.remove()
             db.engine.dispose()
     finally:
+        drop_queue(queue)
+
+
+def test_a_vm_whose_worker_died_mid_job_is_queued_again(tmp_path, redis_conn, cluster, monkeypatch):
+    """Found in review: a worker killed outright (OOM, a lost machine) leaves its job "started" in Redis, and
+    the tick took that for a job still running: the VM waited for RQ's own maintenance, up to 10 minutes
+    after RQ's heartbeat had already said the job was abandoned. The tick now has RQ clean up an abandoned
+    job (RQ's StartedJobRegistry.cleanup) before deciding, and queues the VM again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rq.registry
+    from rq.job import Job
+    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
+    db_path = tmp_path / "dead.sqlite3"
+    app = make_app(tmp_path, f"sqlite:///{db_path}", REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name,
+                   JOB_MAX_WAIT=0.2, JOB_REQUEUE_SECONDS=1)
+    monkeypatch.setattr(jobs.worker, "_app", app)
+    queue = Queue(queue_name, connection=redis_conn)
+    job_id = f"{queue_name}-vm-520"
+    worker = None
+    try:
+        with app.app_context():
+            register_cluster(cluster)
+            assert Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 520)).get_json()[
+                "queued"] is True
+            db.session.remove()
+        cluster.pve.network.update(hang_rate=1.0, hang_secs=4)  # every Proxmox request hangs: the job is mid-step
+        env = dict(os.environ, DATABASE_URL=f"sqlite:///{db_path}", REDIS_URL=REDIS_URL,
+                   PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_RQ_QUEUE=queue_name,
+                   PKVM_TICKER_SECONDS="0")
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", queue_name, "--burst",
+                                   "-w", "jobs.worker.PreloadedWorker", "--url", REDIS_URL],
+                                  cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while Job.fetch(job_id, connection=redis_conn).get_status() != "started":
+            assert time.monotonic() < deadline and worker.poll() is None, "the worker never started the job"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into its first Proxmox request, which hangs
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse, with no chance to clean up
+        worker.wait(10)
+        cluster.pve.network.update(hang_rate=0.0)
+        assert Job.fetch(job_id, connection=redis_conn).get_status() == "started"
+
+        with app.app_context():
+            vm = db.session.get(VM, 520)
+            assert vm.lease_until is not None and vm.vmid is None  # a killed process leaves its lease
+            vm.lease_owner = vm.lease_until = None  # ... until it expires (test_a_vm_is_never_worked_on_...)
+            db.session.commit()
+            # While RQ's heartbeat for the job is fresh, the job may still be running: it is not doubled.
+            jobs.worker.tick_job()
+            assert Job.fetch(job_id, connection=redis_conn).get_status() == "started"
+            # Past the heartbeat's expiry (RQ's job monitoring interval + 60 s), it is abandoned.
+            later = time.time() + 200
+            monkeypatch.setattr(rq.registry, "current_timestamp", lambda: later)
+            run_tick(Output(None), only="processVirtualMachines")  # the next minute's tick
+            assert Job.fetch(job_id, connection=redis_conn).get_status() == "queued"
+            monkeypatch.undo()
+            monkeypatch.setattr(jobs.worker, "_app", app)
+            work(queue, redis_conn)
+            db.session.expire_all()
+            vm = db.session.get(VM, 520)
+            assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status == "running"
+            assert len([v for v in cluster.pve.vms if v.name == vm.name]) == 1
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        cluster.pve.network.update(hang_rate=0.0)
         drop_queue(queue)
