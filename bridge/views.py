@@ -170,7 +170,11 @@ def after_cron_job(payload: dict) -> tuple[dict, int]:
     if setting("cron_mode") != "hook":
         return {"result": "success", "tick": "skipped",
                 "message": "the cron mode is Standalone: this product's own scheduler runs the tasks"}, 200
-    return {"result": "success", "tick": work_queue.start_tick()}, 200
+    try:
+        return {"result": "success", "tick": work_queue.start_tick()}, 200
+    except work_queue.QueueUnavailable as exc:
+        log.warning("AfterCronJob: %s", exc)
+        return error(f"{exc}: no tick was started; the calls already taken wait in the database")
 
 
 def _account_action(name: str, act, payload: dict) -> tuple[dict, int]:

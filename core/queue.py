@@ -84,23 +84,32 @@ def enqueue_vm(service_id: int, delay: float = 0) -> bool:
     return True
 
 
+class QueueUnavailable(Exception):
+    """Redis does not answer: nothing could be queued."""
+
+
 TICK_JOB = "jobs.worker.tick_job"
 TICK_IN_PROCESS = "jobs.ticker.tick_in_background"
 
 
 def start_tick() -> str:
     """Have a full cron tick run soon (WHMCS's cron hook): with Redis one tick job (not doubled while one
-    waits: "queued" or "already queued"), without it a tick in a thread of this process ("started")."""
+    waits: "queued" or "already queued"), without it a tick in a thread of this process ("started").
+    QueueUnavailable when Redis does not answer."""
     queue = rq_queue()
     if queue is None:
         import importlib
         module, name = TICK_IN_PROCESS.rsplit(".", 1)
         getattr(importlib.import_module(module), name)(current_app._get_current_object())
         return "started"
+    from redis.exceptions import RedisError
     job_id = f"{current_app.config['RQ_QUEUE']}-tick"
-    if _job_active(job_id, queue):
-        return "already queued"  # waiting or running: a second tick would find nothing more to do
-    queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600)
+    try:
+        if _job_active(job_id, queue):
+            return "already queued"  # waiting or running: a second tick would find nothing more to do
+        queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600)
+    except RedisError as exc:
+        raise QueueUnavailable(f"Redis does not answer ({exc})") from exc
     return "queued"
 
 

@@ -293,3 +293,18 @@ def test_a_vm_whose_worker_died_mid_job_is_queued_again(tmp_path, redis_conn, cl
             os.killpg(worker.pid, signal.SIGKILL)
         cluster.pve.network.update(hang_rate=0.0)
         drop_queue(queue)
+
+
+def test_the_whmcs_cron_hook_answers_an_error_when_redis_is_down(tmp_path):
+    """Found in review: with Redis unreachable the hook's call was a bare 500 ("internal error"). WHMCS's
+    module log now shows what is wrong, and nothing else changes."""
+    from core import settings
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'down.sqlite3'}", REDIS_URL="redis://127.0.0.1:1/0")
+    with app.app_context():
+        settings.update({"cron_mode": "hook"})
+        answer = Bridge(app, app.test_client()).call("AfterCronJob", {})
+        assert answer.status_code == 200
+        body = answer.get_json()
+        assert body["result"] == "error" and "Redis" in body["message"] and "no tick" in body["message"], body
+        db.session.remove()
+        db.engine.dispose()
