@@ -114,14 +114,9 @@ def _healthz():
 
 def _init_panel_support(app: Flask) -> None:
     """Logins, languages and what every template needs."""
-    from datetime import timedelta
-
     from core.admins import load_admin
     from core.i18n import LANGUAGES, direction, select_locale
 
-    app.config.setdefault("PERMANENT_SESSION_LIFETIME", timedelta(hours=12))
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     app.config.setdefault("BABEL_TRANSLATION_DIRECTORIES", str(Path(__file__).parent / "translations"))
     babel.init_app(app, locale_selector=select_locale)
     login.init_app(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 
@@ -26,6 +27,10 @@ class Config:
     JOB_MAX_WAIT = 5.0
     JOB_REQUEUE_SECONDS = 3.0
     WTF_CSRF_TIME_LIMIT = 3600
+    # A panel login lasts this long from the moment it was made (the pages' polling does not extend it).
+    PERMANENT_SESSION_LIFETIME = timedelta(hours=12)
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_HTTPONLY = True
     # Reverse proxies in front of the product whose X-Forwarded-For/-Proto/-Host are believed (0: none). Behind
     # one, set it to 1: login throttling then counts the client's address, not the proxy's.
     TRUSTED_PROXIES = 0

@@ -4,8 +4,11 @@ from __future__ import annotations
 from functools import wraps
 from typing import Callable
 
-from flask import Blueprint, abort, jsonify, redirect, request, url_for
-from flask_login import current_user
+import time
+
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, request, session, url_for
+from flask_babel import gettext as _
+from flask_login import current_user, logout_user
 
 bp = Blueprint("panel", __name__)
 PUBLIC_ENDPOINTS = {"panel.login", "panel.language"}
@@ -16,8 +19,20 @@ def wants_json() -> bool:
         "fetch"
 
 
+def login_expired() -> bool:
+    """Whether the logged-in admin's login is older than PERMANENT_SESSION_LIFETIME. The cookie's own
+    expiry moves with every request (VM Management polls every few seconds); the login time does not."""
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    login_at = session.get("login_at")
+    return not isinstance(login_at, (int, float)) or not 0 <= time.time() - login_at <= lifetime
+
+
 @bp.before_request
 def require_login():
+    if current_user.is_authenticated and login_expired():
+        logout_user()
+        session.clear()
+        flash(_("Your session has expired. Log in again."), "error")
     if request.endpoint in PUBLIC_ENDPOINTS or current_user.is_authenticated:
         return None
     if wants_json() or request.method != "GET":

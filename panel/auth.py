@@ -1,6 +1,7 @@
 """Log in, log out, and the language picker."""
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 from flask import flash, redirect, render_template, request, session, url_for
@@ -44,6 +45,7 @@ def login():
             flash(_("Wrong user name or password."), "error")
             return render_template("login.html", form=form), 401
         session.permanent = True
+        session["login_at"] = time.time()
         login_user(admin)
         return redirect(_safe_next(request.args.get("next")))
     return render_template("login.html", form=form)

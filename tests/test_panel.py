@@ -384,3 +384,25 @@ def test_vm_actions_are_recorded_when_the_queue_is_down(tmp_path):
         assert db.session.get(VM, 5547).status == "set_dns_records"
         db.session.remove()
         db.engine.dispose()
+
+
+def test_a_session_ends_twelve_hours_after_login_whatever_the_polling(logged_in, app):
+    """Found in review: the 12-hour lifetime and SameSite=Lax were set with setdefault over Flask's own
+    defaults (31 days, no SameSite), so they never applied, and VM Management's 5-second status poll renewed
+    the session for ever. A login now lasts 12 hours from the moment it was made."""
+    import time
+    from datetime import timedelta
+    assert app.config["PERMANENT_SESSION_LIFETIME"] == timedelta(hours=12)
+    assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax" and app.config["SESSION_COOKIE_HTTPONLY"] is True
+    cookie = next(c for c in logged_in.get("/").headers.getlist("Set-Cookie") if c.startswith("session="))
+    assert "SameSite=Lax" in cookie and "HttpOnly" in cookie
+    assert logged_in.get("/vms/status", headers={"X-Requested-With": "fetch"}).status_code == 200
+    with logged_in.session_transaction() as session:
+        session["login_at"] = time.time() - 11.9 * 3600  # still within the 12 hours
+    assert logged_in.get("/").status_code == 200
+    with logged_in.session_transaction() as session:
+        session["login_at"] = time.time() - 12.1 * 3600  # polled all along, but logged in 12 hours ago
+    assert logged_in.get("/vms/status", headers={"X-Requested-With": "fetch"}).status_code == 401
+    answer = logged_in.get("/")
+    assert answer.status_code == 302 and "/login" in answer.headers["Location"]
+    assert "expired" in logged_in.get("/login").get_data(as_text=True)
