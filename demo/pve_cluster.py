@@ -323,6 +323,19 @@ class Cluster(FakePve):
         self._qm_free(volid)
         return new
 
+    # ------------------------------------------------------------------ power
+
+    async def _do_stop(self, vm, user, p):
+        """qemu-server's vm_stop API: skiplock is for root@pam alone (an API token is refused it)."""
+        if p.get('skiplock') and user != 'root@pam':
+            raise param_error(skiplock='Only root may use this option.')
+        return await super()._do_stop(vm, user, p)
+
+    async def _do_shutdown(self, vm, user, p):
+        if p.get('skiplock') and user != 'root@pam':
+            raise param_error(skiplock='Only root may use this option.')
+        return await super()._do_shutdown(vm, user, p)
+
     # ------------------------------------------------------------------ resize
 
     async def _pc_resize(self, v, user):

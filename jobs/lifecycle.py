@@ -213,7 +213,9 @@ def _stop_for_terminate(ctx: StepContext, node: str) -> None:
                 out.line(f"    still running, waited {waited}s / {limit}s")
                 next_note += PROGRESS_EVERY
         if window == "graceful":
-            pve.post(*path, "stop", skiplock=1)
+            # Not skiplock: Proxmox allows it to root@pam alone, never to an API token. The shutdown task
+            # has ended by now (its own timeout is the graceful window).
+            pve.post(*path, "stop")
             out.line("    graceful stop timed out: force stop sent")
     raise StepFailed(f"VM {vm.vmid} is still running after {GRACEFUL_STOP + FORCE_STOP}s")
 
