@@ -181,7 +181,7 @@ class Cluster(FakePve):
             self._pc_box = None
         return out
 
-    async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
+    async def _pc_clone_timing(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
         """FakePve.task; a `qmclone` task (vm: the new VM, locked `clone`) lasts clone_secs and its VM gets
         start_secs."""
         if ttype == 'qmclone' and vm is not None:
@@ -322,6 +322,30 @@ class Cluster(FakePve):
                 new = self._qm_rename_volume(new)
         self._qm_free(volid)
         return new
+
+    # ------------------------------------------------------------------ clone
+
+    async def _qm_clone(self, v, user):
+        """qemu-server's clone_vm, two details fakepve 0.5 leaves out: a `storage` must be enabled on the
+        source node (storage_check_enabled: "storage 'x' is not available on node 'y'"), and while the clone
+        runs the new VM's config holds no name yet (cluster/resources shows "VM <vmid>"); the name is
+        written when the copy is done."""
+        if v.get('storage') and v['storage'] in self.storages:
+            self._check_enabled(v['storage'], v['node'])
+        return await super()._qm_clone(v, user)
+
+    async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
+        if ttype == 'qmclone' and vm is not None:
+            name, copy = vm.name, body
+            vm.config.pop('name', None)
+            vm.name = 'VM {0}'.format(vm.vmid)
+
+            async def body():
+                try:
+                    return await copy()
+                finally:
+                    vm.config['name'] = vm.name = name
+        return await self._pc_clone_timing(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
 
     # ------------------------------------------------------------------ power
 

@@ -17,7 +17,7 @@ from core.models import IPAddress
 from core.products import Package
 from core.proxmox import disks
 from core.proxmox.client import ProxmoxError
-from core.proxmox.cluster import choose_target_node, choose_vmid, vm_location
+from core.proxmox.cluster import choose_target_node, choose_vmid, is_ours, storage_on_node, vm_location
 from core.vault import unseal
 
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
@@ -172,7 +172,7 @@ def clone(ctx: StepContext) -> StepResult:
         if vm.vmid is not None:
             found = vm_location(pve, vm.vmid)
             if found is not None:
-                if found.get("name") != vm.name:
+                if not is_ours(found, vm.name, vm.vmid):
                     # Somebody else's VM holds our VMID: leave it alone and pick another.
                     vm.vmid = None
                     ctx.commit()
@@ -190,8 +190,14 @@ def clone(ctx: StepContext) -> StepResult:
 
     def start() -> str:
         full = pkg.clone_mode != "linked"
+        storage = pkg.system_disk_storage if full else None
+        if storage and not storage_on_node(pve, storage, template_node):
+            # Proxmox clones onto the template's node only; the migration's targetstorage moves the disk.
+            ctx.out.line(f"    storage {storage} is not on {template_node}: cloned to the template's storage, "
+                         "the migration moves the disk")
+            storage = None
         return pve.post("nodes", template_node, "qemu", template_vmid, "clone", newid=vm.vmid,
-                        name=vm.name, full=full, storage=pkg.system_disk_storage if full else None)
+                        name=vm.name, full=full, storage=storage)
 
     vm.node = template_node
     outcome = ctx.await_task(start, settings.get("api_heavy_timeout"), "clone")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from core import dns, ipam, settings, whmcs
 from core.proxmox import disks
 from core.proxmox.client import ProxmoxError
-from core.proxmox.cluster import vm_location
+from core.proxmox.cluster import is_ours, vm_location
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
                      _system_disk, access_parameters, cloudinit_values, configure_firewall, configure_network,
@@ -243,7 +243,7 @@ def terminate(ctx: StepContext) -> StepResult:
     try:
         deleting = bool(vm.task_upid and vm.task_status == vm.status)  # started on an earlier pass
         found = None if deleting or not vm.vmid else vm_location(pve, vm.vmid)
-        if deleting or (found is not None and found.get("name") == vm.name):
+        if deleting or is_ours(found, vm.name, vm.vmid):
             if not deleting and found.get("lock"):
                 # A clone, migration or backup Proxmox is still running (a service cancelled while its VM
                 # was being made): Proxmox would refuse the delete, so the next pass looks again.

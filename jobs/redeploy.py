@@ -7,7 +7,7 @@ from sqlalchemy import delete
 from core import ipam, settings
 from core.extensions import db
 from core.models import VMRun
-from core.proxmox.cluster import vm_location
+from core.proxmox.cluster import is_ours, vm_location
 
 from .pipeline import Done, Pipeline, Step, StepContext, StepResult, Wait, register
 
@@ -25,8 +25,10 @@ def destroy_on_proxmox(ctx: StepContext) -> StepResult | None:
     if vm.vmid is None:
         return None
     found = vm_location(pve, vm.vmid)
-    if found is None or found.get("name") != vm.name:
+    if not is_ours(found, vm.name, vm.vmid):
         return None  # gone already, or the VMID now belongs to someone else: not ours to delete
+    if found.get("lock"):  # a clone or migration still running: Proxmox would refuse the delete
+        return Wait(f"VM is locked ({found['lock']}) until Proxmox finishes")
     node = found["node"]
     if found.get("status") == "running":
         outcome = ctx.await_task(lambda: pve.post("nodes", node, "qemu", vm.vmid, "status", "stop"), heavy, "stop")
@@ -58,7 +60,7 @@ def remove_for_reinstall(ctx: StepContext) -> StepResult:
     template_of(ctx)  # StepFailed when the chosen template is not one: the VM is left as it is
     if not (vm.task_upid and vm.task_status == vm.status) and vm.vmid:
         found = vm_location(ctx.pve(), vm.vmid)
-        if found is not None and found.get("name") == vm.name:
+        if is_ours(found, vm.name, vm.vmid):
             base = ("nodes", found["node"], "qemu", vm.vmid, "snapshot")
             for snapshot in ctx.pve().get(*base) or []:
                 if snapshot.get("name") and snapshot["name"] != "current":

@@ -70,12 +70,29 @@ def choose_target_node(pve: Pve, storage: str, wanted: str = "") -> NodeChoice:
     return NodeChoice(best, "most free RAM")
 
 
+def storage_on_node(pve: Pve, storage: str, node: str) -> bool:
+    """Whether the storage is enabled and available on the node."""
+    return any(r.get("storage") == storage and r.get("node") == node and r.get("status") == "available"
+               for r in pve.get("cluster", "resources", type="storage") or [])
+
+
 def vm_location(pve: Pve, vmid: int) -> dict | None:
     """The VM's /cluster/resources entry (node, name, status, lock, template), or None."""
     for item in pve.get("cluster", "resources", type="vm") or []:
         if int(item.get("vmid", -1)) == vmid:
             return item
     return None
+
+
+def is_ours(found: dict | None, name: str, vmid: int) -> bool:
+    """Whether the VM found on a VMID we reserved (its vm_location entry) is the one we made: it carries our
+    name, or it is still being cloned. Proxmox writes a clone's name only when the copy is done; until then
+    its config holds the clone lock and no name (cluster/resources shows "VM <vmid>")."""
+    if found is None:
+        return False
+    if found.get("name") == name:
+        return True
+    return found.get("lock") == "clone" and found.get("name") in (None, "", f"VM {vmid}")
 
 
 def check_connection(pve: Pve) -> str | None:
