@@ -12,6 +12,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from . import ipam
 from . import queue as work_queue
 from .extensions import db
 from .models import VM, Client, IPAddress, Product, Server, Service, VMRun, id_from_text
@@ -123,6 +124,11 @@ def reset(vm: VM, status: str) -> VM:
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None
     vm.lease_owner = vm.lease_until = None
+    # The admin has dealt with the last failure (the VM Log keeps it): no red banner on a VM put right.
+    vm.last_error_action = vm.last_error_message = vm.last_error_at = None
+    if status == "remove":
+        # Force-marked as cleaned up: the VM is gone from Proxmox, so its addresses are free again.
+        ipam.release(vm.service_id)
     db.session.commit()
     work_queue.enqueue_recorded(vm.service_id)
     return vm
@@ -135,6 +141,10 @@ def redeploy(vm: VM) -> VM:
         raise VMActionError({"status": _l("A ready VM is not redeployed; reset its status first if you must.")})
     if vm.status in ("terminate", "remove"):
         raise VMActionError({"status": _l("A terminated service is not redeployed; WHMCS creates it again.")})
+    if vm.status == "error_terminate":
+        raise VMActionError({"status": _l("A VM that failed to terminate is not redeployed: its service is "
+                                          "being cancelled. Fix the cause, then reset it to terminate or "
+                                          "remove.")})
     vm.status = "redeploy"
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None
@@ -145,11 +155,14 @@ def redeploy(vm: VM) -> VM:
 
 def delete_record(vm: VM) -> None:
     """Remove the row (and its log) of a VM that is terminated or failed to terminate; Proxmox is not
-    touched. Addresses it still holds are handed back."""
+    touched. The addresses of a VM that failed to terminate stay taken (it may still run on Proxmox: another
+    VM with its address would clash); reset it to remove first when it is gone. Those of a removed VM are
+    handed back."""
     if vm.status not in DELETABLE:
         raise VMActionError({"status": _l("Only a VM in error_terminate or remove can be deleted.")})
-    db.session.execute(IPAddress.__table__.update().where(IPAddress.service_id == vm.service_id)
-                       .values(service_id=None, allocated_at=None))
+    if vm.status == "remove":
+        db.session.execute(IPAddress.__table__.update().where(IPAddress.service_id == vm.service_id)
+                           .values(service_id=None, allocated_at=None))
     db.session.execute(VMRun.__table__.delete().where(VMRun.service_id == vm.service_id))
     db.session.delete(vm)
     db.session.commit()

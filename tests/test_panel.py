@@ -406,3 +406,39 @@ def test_a_session_ends_twelve_hours_after_login_whatever_the_polling(logged_in,
     answer = logged_in.get("/")
     assert answer.status_code == 302 and "/login" in answer.headers["Location"]
     assert "expired" in logged_in.get("/login").get_data(as_text=True)
+
+
+def test_vm_admin_actions_keep_terminated_services_and_addresses_safe(logged_in):
+    """Found in review: Redeploy was taken for a VM in error_terminate (a cancelled service got a fresh VM
+    and a second Welcome email); a Reset kept the old red error for ever; Reset to remove (the VM is gone
+    from Proxmox) kept the addresses taken; Delete Record of a VM that failed to terminate, and so may
+    still run on Proxmox, handed its addresses to the next order."""
+    from core import ipam
+    seed_fleet(3)  # 5546 set_cloudinit (192.168.130.2), 5547 ready (.3), 5548 ready (.4)
+    for sid in (5547, 5548):
+        vm = db.session.get(VM, sid)
+        vm.status, vm.last_error_action, vm.last_error_message = "error_terminate", "terminate", "HTTP 500"
+    db.session.commit()
+    token = csrf_of(logged_in.get("/vms").get_data(as_text=True))
+    page = logged_in.post("/vms/5547/redeploy", data={"csrf_token": token}, follow_redirects=True)
+    assert "failed to terminate is not redeployed" in page.get_data(as_text=True)
+    assert db.session.get(VM, 5547).status == "error_terminate"
+    assert 'action="/vms/5547/redeploy"' not in page.get_data(as_text=True)  # no button either
+    # Reset to remove: the admin says the VM is gone; its error and its addresses go with it
+    logged_in.post("/vms/5547/reset", data={"csrf_token": token, "status": "remove"})
+    vm = db.session.get(VM, 5547)
+    db.session.refresh(vm)
+    assert vm.status == "remove" and vm.last_error_message is None and vm.last_error_action is None
+    assert ipam.assigned(5547) == []
+    # Delete Record straight from error_terminate: the row goes, its address stays taken
+    logged_in.post("/vms/5548/delete", data={"csrf_token": token})
+    assert db.session.get(VM, 5548) is None
+    assert db.session.scalar(select(IPAddress.service_id).where(IPAddress.address == "192.168.130.4")) == 5548
+    # the API does the same
+    from core import admins as admin_service
+    api_token = admin_service.create_token("ops")
+    vm = db.session.get(VM, 5546)
+    vm.status = "error_terminate"
+    db.session.commit()
+    answer = logged_in.post("/api/v1/vms/5546/redeploy", headers={"Authorization": f"Bearer {api_token}"})
+    assert answer.status_code == 409 and db.session.get(VM, 5546).status == "error_terminate"
