@@ -40,6 +40,20 @@ def require_login():
     return redirect(url_for("panel.login", next=request.full_path if request.query_string else request.path))
 
 
+# Where each section starts, in the navigation's order.
+SECTION_HOME = {"dashboard": "panel.dashboard", "ip_pools": "panel.pools", "dns_zones": "panel.dns_zones",
+                "vms": "panel.vms", "products": "panel.products", "settings": "panel.settings_general"}
+
+
+def home_url() -> str:
+    """The first page the logged-in admin's access group may see (the dashboard for most, and for a group
+    that may see nothing, whose every page is then a 403)."""
+    for name, endpoint in SECTION_HOME.items():
+        if current_user.can_see(name):
+            return url_for(endpoint)
+    return url_for("panel.dashboard")
+
+
 def section(name: str, change: bool = False) -> Callable:
     """Only admins whose access group includes the section (and, for changes, may change) get in."""
     def decorate(view: Callable) -> Callable:
@@ -47,6 +61,8 @@ def section(name: str, change: bool = False) -> Callable:
         def guarded(*args, **kwargs):
             allowed = current_user.can_change(name) if change else current_user.can_see(name)
             if not allowed:
+                if name == "dashboard" and request.method == "GET" and home_url() != request.path:
+                    return redirect(home_url())  # "/" is home: an admin without the dashboard starts elsewhere
                 abort(403)
             return view(*args, **kwargs)
         guarded.section = name

@@ -16,7 +16,7 @@ from core import admins
 from core.extensions import db
 from core.i18n import LANGUAGES
 
-from . import bp
+from . import bp, home_url
 
 
 class LoginForm(FlaskForm):
@@ -27,13 +27,13 @@ class LoginForm(FlaskForm):
 def _safe_next(target: str | None) -> str:
     if target and not urlsplit(target).netloc and target.startswith("/") and not target.startswith("//"):
         return target
-    return url_for("panel.dashboard")
+    return home_url()
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if current_user.is_authenticated:
-        return redirect(url_for("panel.dashboard"))
+        return redirect(home_url())
     form = LoginForm()
     if form.validate_on_submit():
         try:

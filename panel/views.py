@@ -139,7 +139,10 @@ def _vm_query() -> dict:
 def vms():
     query = _vm_query()
     page = vm_service.list_vms(**query)
-    statuses = sorted(db.session.scalars(select(VM.status).distinct()))
+    statuses = set(db.session.scalars(select(VM.status).distinct()))
+    if query["vm_status"]:  # a filter (remembered by the browser) on a status no VM has now stays visible
+        statuses.add(query["vm_status"])
+    statuses = sorted(statuses)
     return render_template("vms.html", page=page, query=query, statuses=statuses, page_sizes=VM_PAGE_SIZES,
                            whmcs_admin=settings_service.get("whmcs_admin_url").rstrip("/"),
                            service_statuses=vm_service.SERVICE_STATUSES, reset_statuses=vm_service.RESET_STATUSES,

@@ -183,6 +183,7 @@ class FreshContextClient(FlaskClient):
         from flask import g
         from flask_babel import refresh
         g.pop("_login_user", None)
+        g.pop("csrf_token", None)  # Flask-WTF's token of the previous request's session
         refresh()  # the locale chosen for the previous request
         return super().open(*args, **kwargs)
 

@@ -442,3 +442,26 @@ def test_vm_admin_actions_keep_terminated_services_and_addresses_safe(logged_in)
     db.session.commit()
     answer = logged_in.post("/api/v1/vms/5546/redeploy", headers={"Authorization": f"Bearer {api_token}"})
     assert answer.status_code == 409 and db.session.get(VM, 5546).status == "error_terminate"
+
+
+def test_a_group_without_the_dashboard_lands_on_its_first_section(client, app):
+    """Found in review: logging in always went to the dashboard, a 403 for a group without it."""
+    vms_only = admins.create_group("noc", ["vms"], can_change=False)
+    admins.create_admin("noc", PASSWORD, vms_only)
+    nothing = admins.create_group("none", [], can_change=False)
+    admins.create_admin("idle", PASSWORD, nothing)
+    answer = login(client, "noc")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/vms"
+    assert client.get("/").headers["Location"] == "/vms"
+    assert client.get("/vms").status_code == 200 and client.get("/settings").status_code == 403
+    client.post("/logout", data={"csrf_token": csrf_of(client.get("/vms").get_data(as_text=True))})
+    assert login(client, "idle").headers["Location"] == "/"
+    assert client.get("/").status_code == 403  # a group that may see nothing: no redirect loop
+
+
+def test_a_status_filter_no_vm_matches_stays_shown(logged_in):
+    """Found in review: the VM status list held only statuses some VM has, so a remembered filter on another
+    one showed "All VM Statuses" over an empty table."""
+    seed_fleet(2)
+    html = logged_in.get("/vms?vm_status=clone").get_data(as_text=True)
+    assert re.search(r'<option value="clone"\s+selected', html), html[html.find("vm_status"):][:600]
