@@ -220,8 +220,11 @@ def _stop_for_terminate(ctx: StepContext, node: str) -> None:
     raise StepFailed(f"VM {vm.vmid} is still running after {GRACEFUL_STOP + FORCE_STOP}s")
 
 
-def _backups_of(ctx: StepContext) -> list[tuple[str, str]]:
-    """(node, volid) of every backup of the VM on the storages that hold backups."""
+BACKUP_DELETE_WAIT = 30  # seconds (Proxmox's maximum for `delay`)
+
+
+def _backups_of(ctx: StepContext) -> list[tuple[str, str, bool]]:
+    """(node, volid, protected) of every backup of the VM on the storages that hold backups."""
     pve, vmid = ctx.pve(), ctx.vm.vmid
     found = []
     for item in pve.get("cluster", "resources", type="storage") or []:
@@ -229,8 +232,9 @@ def _backups_of(ctx: StepContext) -> list[tuple[str, str]]:
             continue
         for volume in pve.get("nodes", item["node"], "storage", item["storage"], "content", content="backup",
                               vmid=vmid) or []:
-            if int(volume.get("vmid") or -1) == vmid and (item["node"], volume["volid"]) not in found:
-                found.append((item["node"], volume["volid"]))
+            # A shared storage is listed once per node: each backup is removed once.
+            if int(volume.get("vmid") or -1) == vmid and volume["volid"] not in {v for _n, v, _p in found}:
+                found.append((item["node"], volume["volid"], bool(int(volume.get("protected") or 0))))
     return found
 
 
@@ -250,10 +254,17 @@ def terminate(ctx: StepContext) -> StepResult:
                 return Wait(f"VM is locked ({found['lock']}) until Proxmox finishes")
             if not deleting:
                 _stop_for_terminate(ctx, found["node"])
-                for backup_node, volid in _backups_of(ctx):
+                for backup_node, volid, protected in _backups_of(ctx):
+                    if protected:  # an admin marked it to be kept: Proxmox refuses to remove it anyway
+                        out.line(f"    backup kept (protected): {volid}")
+                        continue
                     storage = volid.split(":")[0]
-                    pve.delete("nodes", backup_node, "storage", storage, "content", volid)
-                    out.line(f"    backup removed: {volid}")
+                    # Proxmox removes it in a task: `delay` waits for it (an error if it fails, a protected
+                    # backup say), and answers a UPID only when it runs longer.
+                    running = pve.delete("nodes", backup_node, "storage", storage, "content", volid,
+                                         delay=BACKUP_DELETE_WAIT)
+                    out.line(f"    backup removed: {volid}" if not running else
+                             f"    backup removal started: {volid}")
                 summary = dns.delete_records(dns_target(ctx), out.line)
                 out.line(f"    DNS: {summary.note}")
             outcome = ctx.await_task(lambda: pve.delete("nodes", found["node"], "qemu", vm.vmid, purge=1,

@@ -2,6 +2,8 @@
 against the extended fakepve cluster (and a real PowerDNS for the records)."""
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
 from sqlalchemy import select
 
@@ -693,3 +695,28 @@ def test_every_status_a_pipeline_uses_is_one_the_panel_knows():
     from jobs.pipeline import PIPELINES
     used = {s for p in PIPELINES for s in p.statuses | {p.final}} | {"error_terminate", "remove"}
     assert used == set(KNOWN_STATUSES)
+
+
+def test_terminate_removes_a_shared_backup_once_and_keeps_a_protected_one(app, bridge, cluster, clock, whmcs_api):
+    """Found in review: a backup on shared storage (listed by every node) was deleted once per node, and a
+    removal was reported before Proxmox's task had run. Now: one DELETE per backup, waited for (`delay`), and
+    a backup an admin protected is kept (Proxmox would refuse it) instead of failing the terminate."""
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    from core.proxmox.client import Pve, endpoint_for
+    pve = Pve(endpoint_for(vm.server, unseal(vm.server.token_secret), app.instance_path))
+    pve.post("nodes", vm.node, "vzdump", vmid=vm.vmid, storage="nfs-vm", mode="snapshot")
+    pve.post("nodes", vm.node, "vzdump", vmid=vm.vmid, storage="local", mode="snapshot")
+    kept = next(v for v in cluster.pve.storages["local"]["volumes"] if f"-{vm.vmid}-" in v)
+    cluster.pve.storages["local"]["volumes"][kept]["protected"] = True
+    bridge.call("TerminateAccount", account_params(cluster, 5546))
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    joined = "\n".join(lines)
+    assert vm.status == "remove", joined
+    deletes = [r for r in cluster.pve.requests if r[0] == "DELETE" and "/content/" in r[1]]
+    assert len(deletes) == 1 and "nfs-vm" in unquote(deletes[0][1]), deletes
+    assert not [v for v in cluster.pve.storages["nfs-vm"].get("volumes", {}) if f"-{vm.vmid}-" in v]
+    assert "backup removed: nfs-vm:backup/vzdump-qemu-" in joined
+    assert f"backup kept (protected): local:{kept}" in joined and kept in cluster.pve.storages["local"]["volumes"]
