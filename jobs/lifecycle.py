@@ -3,6 +3,8 @@ failure, ``error_terminate``), and reset password. Each step compares the packag
 ``skip - no change`` rather than touch Proxmox for nothing."""
 from __future__ import annotations
 
+import re
+
 from core import dns, ipam, settings, whmcs
 from core.proxmox import disks
 from core.proxmox.client import ProxmoxError
@@ -43,7 +45,20 @@ def _hardware_changes(ctx: StepContext) -> list[str]:
             changes.append("additional disk I/O")
     if config.get("net0") != network_values(ctx, config):
         changes.append("network")
+    if _cloudinit_pending(ctx):
+        changes.append("cloud-init")
     return changes
+
+
+CLOUDINIT_KEY = re.compile(r"^(ipconfig\d+|nameserver|searchdomain|ciuser|cipassword|sshkeys|cicustom)$")
+
+
+def _cloudinit_pending(ctx: StepContext) -> bool:
+    """Whether cloud-init settings wait for the next start (Proxmox's /pending): a running guest keeps its
+    old addresses until then, while the pool may already hand a released one to another VM."""
+    vm = ctx.vm
+    return any(CLOUDINIT_KEY.match(str(item.get("key", ""))) and ("pending" in item or item.get("delete"))
+               for item in ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "pending") or [])
 
 
 def cp_update_ip(ctx: StepContext) -> StepResult:
