@@ -480,7 +480,12 @@ def verify_running(ctx: StepContext) -> StepResult:
         if isinstance(outcome, Wait):  # a runner with a short wait per pass: polled on the next one
             return outcome
         ensure_running(ctx)
-    return send_mail(ctx, ctx.package.email_vm_ready, access_parameters(ctx), "VM ready")
+    # The client's only way to their VM: a mail WHMCS did not take keeps the VM at `starting`, with the
+    # reason in the log and the red banner, and the next tick sends it again.
+    done = send_mail(ctx, ctx.package.email_vm_ready, access_parameters(ctx), "VM ready")
+    if done.note:
+        raise StepFailed(done.note)
+    return done
 
 
 def access_parameters(ctx: StepContext) -> dict[str, str]:

@@ -638,3 +638,25 @@ def test_a_system_disk_storage_the_template_node_lacks_is_reached_through_the_mi
     assert vm.status == "ready", "\n".join(lines)
     assert "storage fast-pve2 is not on pve1: cloned to the template's storage" in "\n".join(lines)
     assert pve_vm.node == "pve2" and pve_vm.config["scsi0"].startswith(f"fast-pve2:vm-{vm.vmid}-disk-")
+
+
+def test_a_vm_ready_email_whmcs_refuses_is_sent_on_a_later_tick(app, bridge, cluster, clock, whmcs_api):
+    """Found in review: the "VM is ready" email (the client's address and password) that the WHMCS API
+    refused was only a note on a successful step: the VM went ready and the client never heard. Now the VM
+    waits at `starting` with the reason shown, and the next tick sends it."""
+    register_cluster(cluster, **FULL_PRODUCT, email_vm_ready="puqProxmoxKVM VM Ready")
+    bridge.call("CreateAccount", account_params(cluster, 93))
+    whmcs_api.fail_with = "Email Template not found"
+    lines: list[str] = []
+    tick(clock, lines)
+    vm, guest = deployed(cluster, 93)
+    assert vm.status == "starting" and guest.status == "running", "\n".join(lines)
+    assert "VM ready email not sent" in vm.last_error_message and "Email Template not found" in vm.last_error_message
+    assert "Will retry" in "\n".join(lines)
+    whmcs_api.fail_with = None
+    clock.advance(60)
+    tick(clock, lines)
+    vm, guest = deployed(cluster, 93)
+    assert vm.status == "ready", "\n".join(lines)
+    sent = [c for c in whmcs_api.calls if c.get("action") == "SendEmail"]
+    assert [c["messagename"] for c in sent] == ["puqProxmoxKVM VM Ready"] and sent[0]["id"] == "93"
