@@ -11,6 +11,7 @@ allocates as fast as an IPv4 /29.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -201,19 +202,64 @@ def _claim_from_pool(pool, service_id: int, position: int) -> bool:
     return False
 
 
-def _legacy_addresses(server: Server, family: int) -> list[IPAddr]:
-    out = []
-    for item in (server.assigned_ips or "").replace(",", "\n").split("\n"):
-        item = item.strip()
-        if not item:
+@dataclass(frozen=True)
+class LegacyEntry:
+    """One line of a server's legacy Assigned IP Addresses list: ``address[/prefix][|field...]``, where the
+    other pipe-delimited fields, in any order, may give the prefix (a number or a dotted netmask), then the
+    gateway and up to two DNS servers (addresses, in that order)."""
+    address: IPAddr
+    prefix: int | None
+    gateway: str
+    dns: tuple[str, ...]
+
+
+def _parse_legacy(item: str) -> LegacyEntry | None:
+    fields = [f.strip() for f in item.split("|")]
+    head, _, prefix_text = fields[0].partition("/")
+    try:
+        address = ipaddress.ip_address(head.strip())
+    except ValueError:
+        return None
+    prefix, others = None, []
+    for text in [prefix_text] + fields[1:]:
+        if not text:
+            continue
+        if text.isdigit():
+            prefix = int(text) if 0 < int(text) <= address.max_prefixlen else prefix
             continue
         try:
-            addr = ipaddress.ip_address(item.split("|")[0].split("/")[0].strip())
+            value = ipaddress.ip_address(text)
         except ValueError:
             continue
-        if addr.version == family:
-            out.append(addr)
+        if value.version != address.version:
+            continue
+        if value.version == 4 and text.startswith("255."):
+            try:  # a dotted netmask
+                prefix = ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen
+                continue
+            except ValueError:
+                pass
+        others.append(str(value))
+    return LegacyEntry(address, prefix, others[0] if others else "", tuple(others[1:3]))
+
+
+def legacy_entries(server: Server, family: int | None = None) -> list[LegacyEntry]:
+    out = []
+    for item in (server.assigned_ips or "").replace(",", "\n").split("\n"):
+        entry = _parse_legacy(item.strip()) if item.strip() else None
+        if entry is not None and (family is None or entry.address.version == family):
+            out.append(entry)
     return out
+
+
+def legacy_entry(server: Server, address: str) -> LegacyEntry | None:
+    """The legacy list's line for an address handed out from it (its prefix, gateway and DNS)."""
+    wanted = ipaddress.ip_address(address)
+    return next((e for e in legacy_entries(server) if e.address == wanted), None)
+
+
+def _legacy_addresses(server: Server, family: int) -> list[IPAddr]:
+    return [entry.address for entry in legacy_entries(server, family)]
 
 
 def _claim_legacy(server: Server, family: int, service_id: int, position: int) -> bool:

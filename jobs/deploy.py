@@ -410,12 +410,16 @@ def cloudinit_values(ctx: StepContext) -> dict:
             if main is None:
                 continue
             pool = main.pool
-            mask = pool.mask if pool else (32 if family == 4 else 128)
+            if pool is not None:
+                mask, gateway, servers = pool.mask, pool.gateway, (pool.dns1, pool.dns2)
+            else:  # from the server's legacy Assigned IP Addresses list: its line gives the network
+                entry = ipam.legacy_entry(ctx.server, main.address)
+                mask = (entry.prefix if entry and entry.prefix else (32 if family == 4 else 128))
+                gateway, servers = (entry.gateway, entry.dns) if entry else ("", ())
             parts.append(f"{ip_key}={main.address}/{mask}")
-            if pool and pool.gateway:
-                parts.append(f"{gw_key}={pool.gateway}")
-            if pool:
-                dns_servers += [d for d in (pool.dns1, pool.dns2) if d]
+            if gateway:
+                parts.append(f"{gw_key}={gateway}")
+            dns_servers += [d for d in servers if d]
         if parts:
             values["ipconfig0"] = ",".join(parts)
     if dns_servers:

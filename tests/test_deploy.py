@@ -660,3 +660,18 @@ def test_a_vm_ready_email_whmcs_refuses_is_sent_on_a_later_tick(app, bridge, clu
     assert vm.status == "ready", "\n".join(lines)
     sent = [c for c in whmcs_api.calls if c.get("action") == "SendEmail"]
     assert [c["messagename"] for c in sent] == ["puqProxmoxKVM VM Ready"] and sent[0]["id"] == "93"
+
+
+def test_a_vm_from_the_legacy_assigned_ip_list_gets_its_network_from_its_line(app, bridge, cluster, clock):
+    """Found in review: an address from the server's legacy Assigned IP Addresses list (no pool) went into
+    cloud-init as a bare /32 with no gateway and no DNS: an unreachable VM. Its line's other pipe-delimited
+    fields give the network, in either order (prefix or dotted netmask, gateway, DNS)."""
+    register_cluster(cluster, pools=False, **dict(FULL_PRODUCT, ipv4_count=1, ipv6_count=1))
+    assigned = "203.0.113.5|255.255.255.0|203.0.113.1|1.1.1.1|9.9.9.9\n2001:db8:5::7|2001:db8:5::1|64"
+    bridge.call("CreateAccount", account_params(cluster, 94, serverassignedips=assigned))
+    lines: list[str] = []
+    tick(clock, lines)
+    vm, guest = deployed(cluster, 94)
+    assert vm.status == "ready", "\n".join(lines)
+    assert guest.config["ipconfig0"] == "ip=203.0.113.5/24,gw=203.0.113.1,ip6=2001:db8:5::7/64,gw6=2001:db8:5::1"
+    assert unquote(guest.config["nameserver"]) == "1.1.1.1 9.9.9.9"
