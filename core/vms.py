@@ -177,6 +177,20 @@ def record(vm: VM) -> dict[str, Any]:
     return out
 
 
+def _bad_reverse_entry(mapping: dict) -> str:
+    """The first entry of a rev_dns map that is not address -> host name (or empty), shown as JSON; "" if
+    none: a name a DNS server refuses would fail every PTR of its zone on the next sync."""
+    from .dns.names import is_host_name
+    for address, name in mapping.items():
+        try:
+            ipaddress.ip_address(str(address))
+        except ValueError:
+            return json.dumps({address: name})[:200]
+        if name not in ("", None) and not (isinstance(name, str) and is_host_name(name)):
+            return json.dumps({address: name})[:200]
+    return ""
+
+
 def update_record(vm: VM, values: dict[str, Any]) -> VM:
     """Write raw values, each checked against its column's type; nothing is written if one is wrong."""
     errors: dict[str, Any] = {}
@@ -195,6 +209,12 @@ def update_record(vm: VM, values: dict[str, Any]) -> VM:
                 value = json.loads(raw) if isinstance(raw, str) else raw
                 if not isinstance(value, dict):
                     raise ValueError
+                if key == "rev_dns":
+                    wrong = _bad_reverse_entry(value)
+                    if wrong:
+                        errors[key] = _l("Each key must be an IP address and each value a host name: %(entry)s",
+                                         entry=wrong)
+                        continue
                 clean[key] = value
             else:
                 clean[key] = None if raw is None else str(raw)

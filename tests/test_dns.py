@@ -317,3 +317,25 @@ def test_a_zone_test_shows_the_providers_own_errors_only():
                 raise AssertionError(f"{type(provider).__name__} accepted the answer")
     finally:
         server.shutdown()
+
+
+def test_one_bad_reverse_name_fails_only_its_own_ptr_on_powerdns(app, bridge, cluster, clock, powerdns):
+    """Found in review: PowerDNS applies a zone's PATCH all or nothing, so one PTR target it refuses (422)
+    failed every PTR of the VM in that zone. The PATCH is now sent again one record set at a time; and the
+    DB Record editor refuses such a name in the first place."""
+    from core import vms
+    powerdns_zones(powerdns)
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    with pytest.raises(vms.VMActionError) as refused:
+        vms.update_record(vm, {"rev_dns": '{"192.0.2.11": "mail server.example.org"}'})
+    assert "host name" in str(refused.value.errors["rev_dns"])
+    with pytest.raises(vms.VMActionError):
+        vms.update_record(vm, {"rev_dns": '{"not-an-ip": "mail.example.org"}'})
+    vm.rev_dns = {**vm.rev_dns, "192.0.2.11": "mail server.example.org"}  # written before the check existed
+    db.session.commit()
+    summary = dns.set_records(dns.Target(5546, f"{vm.name}.example.com", ["192.0.2.10", "192.0.2.11"],
+                                         dict(vm.rev_dns)))
+    assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == [f"{vm.name}.example.com."]
+    assert summary.errors == 1 and any("192.0.2.11" in m or "11.2.0.192" in m for m in summary.messages), \
+        summary.messages

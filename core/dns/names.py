@@ -10,6 +10,16 @@ def normalize(name: str) -> str:
     return str(name or "").strip().rstrip(".").lower()
 
 
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def is_host_name(name: str) -> bool:
+    """Whether a DNS server takes the name as a record's name or a PTR's target: dot-separated labels of
+    letters, digits, '-' and '_', 63 characters each at most, 253 in all; a trailing dot is allowed."""
+    bare = name[:-1] if name.endswith(".") else name
+    return 0 < len(bare) <= 253 and all(_LABEL.match(label) for label in bare.split("."))
+
+
 def absolute(name: str) -> str:
     """The name with its trailing dot, as PowerDNS and zone files want it."""
     return normalize(name) + "."

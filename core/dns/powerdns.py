@@ -56,15 +56,26 @@ class PowerDns:
         return change
 
     def sync(self, replace: list[RRSet], delete: list[RRSet]) -> list[Outcome]:
-        """Replace some record sets and delete others, all in one PATCH (PowerDNS applies it atomically)."""
+        """Replace some record sets and delete others, all in one PATCH (PowerDNS applies it atomically); a
+        PATCH refused as a whole for one bad record set (422) is sent again one record set at a time."""
         everything = replace + delete
         if not everything:
             return []
-        body = {"rrsets": [self._change(r, "REPLACE") for r in replace] + [self._change(r, "DELETE") for r in delete]}
+        changes = [(r, self._change(r, "REPLACE")) for r in replace] + [(r, self._change(r, "DELETE")) for r in delete]
         try:
-            self._send("PATCH", json=body)
+            self._send("PATCH", json={"rrsets": [change for _r, change in changes]})
         except DnsError as exc:
-            return [Outcome(r, str(exc)) for r in everything]
+            if len(changes) == 1 or "HTTP 422" not in str(exc):
+                return [Outcome(r, str(exc)) for r in everything]
+            # PowerDNS refused one of them (422) and so applied none: each alone, so only that one fails.
+            outcomes = []
+            for rrset, change in changes:
+                try:
+                    self._send("PATCH", json={"rrsets": [change]})
+                    outcomes.append(Outcome(rrset))
+                except DnsError as one:
+                    outcomes.append(Outcome(rrset, str(one)))
+            return outcomes
         return [Outcome(r) for r in everything]
 
     def replace(self, rrsets: list[RRSet]) -> list[Outcome]:
