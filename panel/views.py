@@ -387,7 +387,8 @@ def _task_rows() -> list[dict]:
     for name, default in TASK_DEFAULTS.items():
         row = db.session.get(CronTask, name)
         rows.append({"name": name, "default": default, "interval": settings_service.get(f"interval_{name}"),
-                     "last_run": row.last_run_at if row else None, "status": row.last_status if row else "never"})
+                     "last_run": row.last_run_at if row else None, "status": row.last_status if row else "never",
+                     "errors": row.last_errors if row else 0})
     return rows
 
 

@@ -465,3 +465,20 @@ def test_a_status_filter_no_vm_matches_stays_shown(logged_in):
     seed_fleet(2)
     html = logged_in.get("/vms?vm_status=clone").get_data(as_text=True)
     assert re.search(r'<option value="clone"\s+selected', html), html[html.find("vm_status"):][:600]
+
+
+def test_cron_settings_show_a_task_whose_last_run_failed(logged_in):
+    """Found in review: the Status column showed ACTIVE for a task that crashed at every run; the last run's
+    outcome is shown beside its time now."""
+    from datetime import datetime, timezone
+
+    from core.models import CronTask
+    when = datetime(2026, 4, 10, 3, 50, tzinfo=timezone.utc)
+    db.session.add_all([CronTask(name="processVirtualMachines", last_run_at=when, last_status="errors",
+                                 last_processed=3, last_errors=2),
+                        CronTask(name="removeOldSnapshots", last_run_at=when, last_status="failed", last_errors=1),
+                        CronTask(name="scheduleBackup", last_run_at=when, last_status="success")])
+    db.session.commit()
+    html = logged_in.get("/settings/cron").get_data(as_text=True)
+    assert html.count('class="badge bad">2 errors<') == 1 and "failed: see the server log" in html
+    assert html.count("failed: see the server log") == 1
