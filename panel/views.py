@@ -263,7 +263,13 @@ def product_problems(product: Product) -> tuple[list[str], set[str]]:
                           vmid=settings.template_vmid,
                           list=", ".join(f"{k} ({v.get('name')})" for k, v in sorted(templates.items())) or "-"))
         fields.add("template_vmid")
+    elif settings.template_node in nodes and templates[settings.template_vmid].get("node") != settings.template_node:
+        # The clone is made on the template's node: the deploy would ask the wrong one for it.
+        messages.append(_("Template %(vmid)s is on node %(actual)s, not on %(node)s.", vmid=settings.template_vmid,
+                          actual=templates[settings.template_vmid].get("node"), node=settings.template_node))
+        fields.add("template_node")
     storages = {r.get("storage") for r in resources if r.get("type") == "storage"}
+    on_node = {(r.get("storage"), r.get("node")) for r in resources if r.get("type") == "storage"}
     for key in ("system_disk_storage", "additional_disk_storage"):
         value = getattr(settings, key)
         if value and value not in storages:
@@ -273,6 +279,13 @@ def product_problems(product: Product) -> tuple[list[str], set[str]]:
     if settings.target_node and settings.target_node not in nodes:
         messages.append(_("Target node %(node)s is not in the cluster.", node=settings.target_node))
         fields.add("target_node")
+    elif settings.target_node:
+        for key in ("system_disk_storage", "additional_disk_storage"):
+            value = getattr(settings, key)
+            if value and value in storages and (value, settings.target_node) not in on_node:
+                messages.append(_("Storage %(storage)s is not on the target node %(node)s.", storage=value,
+                                  node=settings.target_node))
+                fields.add(key)
     return messages, fields
 
 

@@ -482,3 +482,27 @@ def test_cron_settings_show_a_task_whose_last_run_failed(logged_in):
     html = logged_in.get("/settings/cron").get_data(as_text=True)
     assert html.count('class="badge bad">2 errors<') == 1 and "failed: see the server log" in html
     assert html.count("failed: see the server log") == 1
+
+
+def test_product_page_checks_the_templates_node_and_the_target_nodes_storage(logged_in, cluster):
+    """Found in review: a template on another node than the product says, or a storage its target node lacks,
+    passed the live check, and the deploy then failed. Also: the upgrade and reset-password email templates
+    can be set here, not only through the API."""
+    from tests.conftest import register_cluster
+    cluster.pve.storages["fast-pve1"] = {"type": "dir", "path": "/srv/fast", "content": "images", "nodes": "pve1",
+                                         "active": 1, "files": set(), "volumes": {}, "total": 2 ** 40,
+                                         "avail": 2 ** 40}
+    register_cluster(cluster, template_vmid=9000, template_node="pve2", target_node="pve2",
+                     system_disk_storage="fast-pve1")
+    html = logged_in.get("/products/1").get_data(as_text=True)
+    assert "Template 9000 is on node pve1, not on pve2." in html
+    assert "Storage fast-pve1 is not on the target node pve2." in html
+    token = csrf_of(html)
+    saved = logged_in.post("/products/1", data={"csrf_token": token, "template_node": "pve1", "target_node": "pve1",
+                                                "email_upgrade": "My Upgrade", "email_reset_password": "My Reset"})
+    assert saved.status_code == 302
+    html = logged_in.get("/products/1").get_data(as_text=True)
+    assert "is on node" not in html and "is not on the target node" not in html
+    product = db.session.get(Product, 1)
+    db.session.refresh(product)
+    assert (product.settings["email_upgrade"], product.settings["email_reset_password"]) == ("My Upgrade", "My Reset")
