@@ -190,8 +190,13 @@ def test_metadata_and_admin_buttons(shim):
                              url=None, secret=None)
     assert meta == {"DisplayName": "PUQ Proxmox KVM", "APIVersion": "1.1", "RequiresServer": True,
                     "DefaultNonSSLPort": "8006", "DefaultSSLPort": "8006"}
-    assert buttons == {"Start": "Start", "Stop": "Stop", "Reinstall": "Reinstall",
-                       "Set DNS records": "SetDNSRecords", "Redeploy": "Redeploy"}
+    from bridge.views import FUNCTIONS, STEP_COMMANDS
+    assert list(buttons.items())[:6] == [("Start", "Start"), ("Stop", "Stop"), ("Reset password", "ResetPassword"),
+                                         ("Reinstall", "Reinstall"), ("Set DNS records", "SetDNSRecords"),
+                                         ("Redeploy", "Redeploy")]
+    # found in review: the original's one-step commands existed in the bridge but no button reached them
+    assert list(buttons.values())[6:] == list(STEP_COMMANDS)
+    assert set(buttons.values()) <= set(FUNCTIONS)
     names = [f"puqProxmoxKVM_{suffix}" for suffix in buttons.values()] + [
         f"puqProxmoxKVM_{name}" for name in ("CreateAccount", "SuspendAccount", "UnsuspendAccount",
                                              "TerminateAccount", "ChangePackage", "ChangePassword",
@@ -366,3 +371,18 @@ def test_addon_output_prints_the_link(tmp_path):
     assert 'href="https://pkvm.example.com/"' in done.stdout and "web UI" in done.stdout
     done = subprocess.run([PHP, str(script), str(ADDON_MODULE), ""], capture_output=True, text=True, env=env)
     assert "not set" in done.stdout
+
+
+def test_a_one_step_admin_command_runs_through_the_shim(app, served, cluster, shim):
+    """VMSetDedicatedIp from the service's admin page: the product runs that one step and answers."""
+    from core import ipam
+    register_cluster(cluster)
+    params = account_params(cluster, 8110)
+    secret = app.config["BRIDGE_SECRET"]
+    created, step = shim.run(["puqProxmoxKVM_CreateAccount", "puqProxmoxKVM_VMSetDedicatedIp"], params,
+                             url=served, secret=secret)
+    assert (created, step) == ("success", "success")
+    db.session.expire_all()
+    assert [a.address for a in ipam.assigned(8110)] == ["192.0.2.10"]
+    assert db.session.get(VM, 8110).status == "creation"  # a one-step command leaves the status as it is
+    assert [line["action"] for line in shim.lines()] == ["CreateAccount", "VMSetDedicatedIp"]

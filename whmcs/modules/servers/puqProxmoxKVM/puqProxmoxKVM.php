@@ -64,15 +64,33 @@ function puqProxmoxKVM_TestConnection(array $params)
     return \PuqProxmoxKVM\Relay::test($params);
 }
 
-/** Buttons on the service's admin page: label => function suffix. */
+/**
+ * Buttons on the service's admin page: label => function suffix. After the everyday ones, the original's
+ * commands that run one deploy step on their own (the VM's status is left as it is).
+ */
 function puqProxmoxKVM_AdminCustomButtonArray()
 {
     return [
         'Start' => 'Start',
         'Stop' => 'Stop',
+        'Reset password' => 'ResetPassword',
         'Reinstall' => 'Reinstall',
         'Set DNS records' => 'SetDNSRecords',
         'Redeploy' => 'Redeploy',
+        'VMSetDedicatedIp' => 'VMSetDedicatedIp',
+        'VMSetDNSRecords' => 'VMSetDNSRecords',
+        'VMClone' => 'VMClone',
+        'migrateToTargetNode' => 'migrateToTargetNode',
+        'VMSetCpuRam' => 'VMSetCpuRam',
+        'VMSetSystemDiskSize' => 'VMSetSystemDiskSize',
+        'VMSetSystemDiskBandwidth' => 'VMSetSystemDiskBandwidth',
+        'VMSetCreatedAdditionalDisk' => 'VMSetCreatedAdditionalDisk',
+        'VMSetAdditionalDiskSize' => 'VMSetAdditionalDiskSize',
+        'VMSetAdditionalDiskBandwidth' => 'VMSetAdditionalDiskBandwidth',
+        'VMSetNetwork' => 'VMSetNetwork',
+        'VMSetFirewall' => 'VMSetFirewall',
+        'VMSetCloudinit' => 'VMSetCloudinit',
+        'VMStart' => 'VMStart',
     ];
 }
 
@@ -99,4 +117,81 @@ function puqProxmoxKVM_SetDNSRecords(array $params)
 function puqProxmoxKVM_Redeploy(array $params)
 {
     return \PuqProxmoxKVM\Relay::run('Redeploy', $params);
+}
+
+function puqProxmoxKVM_ResetPassword(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('ResetPassword', $params);
+}
+
+// One deploy step each, run by the product on the VM as it is.
+
+function puqProxmoxKVM_VMSetDedicatedIp(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetDedicatedIp', $params);
+}
+
+function puqProxmoxKVM_VMSetDNSRecords(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetDNSRecords', $params);
+}
+
+function puqProxmoxKVM_VMClone(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMClone', $params);
+}
+
+function puqProxmoxKVM_migrateToTargetNode(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('migrateToTargetNode', $params);
+}
+
+function puqProxmoxKVM_VMSetCpuRam(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetCpuRam', $params);
+}
+
+function puqProxmoxKVM_VMSetSystemDiskSize(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetSystemDiskSize', $params);
+}
+
+function puqProxmoxKVM_VMSetSystemDiskBandwidth(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetSystemDiskBandwidth', $params);
+}
+
+function puqProxmoxKVM_VMSetCreatedAdditionalDisk(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetCreatedAdditionalDisk', $params);
+}
+
+function puqProxmoxKVM_VMSetAdditionalDiskSize(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetAdditionalDiskSize', $params);
+}
+
+function puqProxmoxKVM_VMSetAdditionalDiskBandwidth(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetAdditionalDiskBandwidth', $params);
+}
+
+function puqProxmoxKVM_VMSetNetwork(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetNetwork', $params);
+}
+
+function puqProxmoxKVM_VMSetFirewall(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetFirewall', $params);
+}
+
+function puqProxmoxKVM_VMSetCloudinit(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMSetCloudinit', $params);
+}
+
+function puqProxmoxKVM_VMStart(array $params)
+{
+    return \PuqProxmoxKVM\Relay::run('VMStart', $params);
 }
