@@ -37,6 +37,7 @@ from core.vault import unseal
 
 log = logging.getLogger(__name__)
 RUNS_KEPT = 50
+STEP_LINES_KEPT = 40  # detail lines kept per step in the VM log
 
 
 class Clock(Protocol):
@@ -57,14 +58,17 @@ class SystemClock:
 
 
 class Output:
-    """Where the live lines go: a stream (the cron CLI), a logger (workers), or nowhere; every line is also
-    kept for the VM log."""
+    """Where the live lines go: a stream (the cron CLI), a logger (workers), or nowhere; the detail lines a
+    step writes (DNS zone by zone, a stop's progress) are also kept with the step in the VM log."""
 
     def __init__(self, write: Callable[[str], None] | None = None, clock: Clock | None = None):
         self._write = write
         self.clock = clock or SystemClock()
+        self.captured: list[str] | None = None  # the detail lines of the step that runs, for its run entry
 
     def line(self, text: str) -> None:
+        if self.captured is not None:
+            self.captured.append(text.strip())
         if self._write is not None:
             self._write(text)
 
@@ -383,11 +387,13 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             break
         number += 1
         began, cpu_began = clock.monotonic(), time.process_time()
+        out.captured = []
         try:
             done = step.run(ctx)
         except (StepFailed, ProxmoxError) as exc:
             done, error = None, str(exc)
         except VMChanged:
+            out.captured = None
             raise
         except Exception as exc:  # noqa: BLE001 - one VM's bug must not stop the tick
             db.session.rollback()
@@ -397,6 +403,9 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         result.step_cpu.append(time.process_time() - cpu_began)
         entry = {"label": step.label, "from": step.source, "at": clock.now().isoformat(timespec="seconds"),
                  "seconds": round(seconds, 2)}
+        if out.captured:
+            entry["lines"] = [line[:300] for line in out.captured[:STEP_LINES_KEPT]]
+        out.captured = None
         if done is None:
             db.session.rollback()
             stays = step.failure_status or step.source

@@ -2,6 +2,8 @@
 Cloudflare and HestiaCP fakes; Set DNS records resyncs; a broken provider never holds a VM back."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 
@@ -154,6 +156,13 @@ def test_broken_providers_never_hold_the_deploy_back(app, bridge, cluster, clock
     log = db.session.scalars(select(ModuleLog).where(ModuleLog.action == "DNS set records")).one()
     assert "PowerDNS HTTP 401" in log.response and "wrong-key" not in log.response + log.request
     assert hestia.password not in log.response and cloudflare.token not in log.response
+    # found in review: the VM Log kept only the counts; each zone's outcome is kept with its step now
+    from core.models import VMRun
+    run = db.session.scalars(select(VMRun).where(VMRun.service_id == vm.service_id)).first()
+    dns_step = next(step for step in run.steps if step["label"] == "Set DNS records")
+    assert any("fwd ERR set example.com (PowerDNS)" in line and "PowerDNS HTTP 401" in line
+               for line in dns_step["lines"]), dns_step
+    assert "wrong-key" not in json.dumps(run.steps)
 
 
 def test_an_unexpected_provider_failure_never_holds_a_vm_back_either(app, bridge, cluster, clock, powerdns):

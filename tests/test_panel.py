@@ -221,13 +221,15 @@ def test_vm_reset_redeploy_log_record_and_delete(logged_in):
     db.session.add(VMRun(service_id=5546, action="deploy", from_status="creation", to_status="set_cloudinit",
                          result="error", error="VM failed to start", steps=[
                              {"label": "Start VM", "from": "set_cloudinit", "to": "set_cloudinit",
-                              "result": "error: VM failed to start", "seconds": 5.11, "at": "2026-04-10T03:53:51"}]))
+                              "result": "error: VM failed to start", "seconds": 5.11, "at": "2026-04-10T03:53:51",
+                              "lines": ["still running, waited 15s / 60s"]}]))
     vm = db.session.get(VM, 5546)
     vm.last_error_action, vm.last_error_message = "deploy", "VM failed to start (status: stopped)"
     db.session.commit()
     token = csrf_of(logged_in.get("/vms").get_data(as_text=True))
     log = logged_in.get("/vms/5546/log").get_data(as_text=True)
     assert "alert-error banner" in log and "VM failed to start (status: stopped)" in log and "Start VM" in log
+    assert '<div class="sub mono">still running, waited 15s / 60s</div>' in log
     assert logged_in.post("/vms/5546/reset", data={"csrf_token": token, "status": "bogus"}).status_code == 302
     assert db.session.get(VM, 5546).status == "set_cloudinit"
     logged_in.post("/vms/5546/reset", data={"csrf_token": token, "status": "creation"})
