@@ -68,26 +68,31 @@ def cp_update_ip(ctx: StepContext) -> StepResult:
     pkg, vm = ctx.package, ctx.vm
     if pkg.dhcp:
         return Done("skip - DHCP")
-    before = {a.address for a in ipam.assigned(ctx.service.id)}
+    held = ipam.assigned(ctx.service.id)
+    before = {a.address for a in held}
+    counts = {4: pkg.ipv4_count, 6: pkg.ipv6_count}
+    surplus = [a.address for family, count in counts.items() for a in [h for h in held if h.family == family][count:]]
+    if surplus:
+        # Their PTRs go before the addresses do: once handed back, an address may be another VM's.
+        dns.delete_records(dns.Target(ctx.service.id, "", surplus, {}), ctx.out.line)
+        for family, count in counts.items():
+            ipam.release(ctx.service.id, family, keep=count)
     try:
-        for family, count in ((4, pkg.ipv4_count), (6, pkg.ipv6_count)):
-            held = [a for a in ipam.assigned(ctx.service.id) if a.family == family]
-            if len(held) > count:
-                ipam.release(ctx.service.id, family, keep=count)
-            elif len(held) < count:
+        for family, count in counts.items():
+            if len([a for a in ipam.assigned(ctx.service.id) if a.family == family]) < count:
                 ipam.allocate(ctx.server, family, ctx.service.id, count)
     except ipam.NoFreeAddress as exc:
         raise StepFailed(str(exc)) from None
-    after = {a.address for a in ipam.assigned(ctx.service.id)}
-    removed = sorted(before - after)
-    if before != after:
-        rev = {ip: name for ip, name in (vm.rev_dns or {}).items() if ip not in removed}
+    finally:
+        # Reverse names only for what the VM holds, also when an allocation failed after a release.
+        after = {a.address for a in ipam.assigned(ctx.service.id)}
+        rev = {ip: name for ip, name in (vm.rev_dns or {}).items() if ip in after}
         for address in after - before:
             rev.setdefault(address, dns_target(ctx).fqdn)
-        vm.rev_dns = rev
-        ctx.commit()
-    if removed:
-        dns.delete_records(dns.Target(ctx.service.id, "", removed, {}), ctx.out.line)
+        if rev != (vm.rev_dns or {}):
+            vm.rev_dns = rev
+            ctx.commit()
+    removed = sorted(before - after)
     summary = dns.resync(dns_target(ctx), ctx.out.line)
     if pkg.firewall_enable:
         sync_ipset(ctx)

@@ -723,3 +723,27 @@ def test_terminate_removes_a_shared_backup_once_and_keeps_a_protected_one(app, b
     assert not [v for v in cluster.pve.storages["nfs-vm"].get("volumes", {}) if f"-{vm.vmid}-" in v]
     assert "backup removed: nfs-vm:backup/vzdump-qemu-" in joined
     assert f"backup kept (protected): local:{kept}" in joined and kept in cluster.pve.storages["local"]["volumes"]
+
+
+def test_a_failed_address_change_leaves_no_ptr_on_an_address_it_gave_back(app, bridge, cluster, clock, powerdns):
+    """Found in review: change package handed addresses back (committed) before deleting their PTRs; when the
+    step then failed (no IPv6 address left), its retry saw nothing handed back and the PTR stayed, naming
+    this VM on an address the pool would give to another. The PTRs go first now."""
+    from core.models import IPPool
+    for zone in ("example.com", "2.0.192.in-addr.arpa"):
+        powerdns.create_zone(zone)
+        dns.create_zone({"name": zone, "provider": "powerdns", "server_url": powerdns.url,
+                         "api_key": powerdns.api_key})
+    register_cluster(cluster, **{**PRODUCT, "ipv4_count": 2})
+    vm = deployed(bridge, cluster, clock)
+    assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == [f"{vm.name}.example.com."]
+    db.session.delete(db.session.scalars(select(IPPool).where(IPPool.family == 6)).one())  # no IPv6 to give
+    db.session.commit()
+    lines = change(bridge, cluster, clock, {"IPv4 Addresses": "1", "IPv6 Addresses": "1"})
+    db.session.refresh(vm)
+    assert vm.status == "change_package" and "internal error" not in (vm.last_error_message or ""), \
+        "\n".join(lines)
+    assert "Will retry" in "\n".join(lines)
+    assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
+    assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == []  # gone with the address, despite the failure
+    assert "192.0.2.11" not in (vm.rev_dns or {})
