@@ -126,24 +126,28 @@
       });
     }
 
-    // VM rows in a pipeline update their status badge without a reload.
+    // VM rows update without a reload: a cheap poll of the rows' state (status, VMID, error) every 5 s and,
+    // when one changed, the rows again from this same page (VMID, addresses, badges, buttons).
     const table = document.getElementById("vms");
     if (table) {
       const refresh = async () => {
-        const ids = [...table.querySelectorAll("tr[data-service]")].map((row) => row.dataset.service);
-        if (!ids.length) return;
-        const response = await fetch(table.dataset.statusUrl + "?ids=" + ids.join(","), { headers: { Accept: "application/json" } });
+        const rows = [...table.querySelectorAll("tr[data-service]")];
+        if (!rows.length || document.querySelector("dialog[open]")) return;  // not under an open dialog
+        const response = await fetch(table.dataset.statusUrl + "?ids=" + rows.map((r) => r.dataset.service).join(","),
+                                     { headers: { Accept: "application/json" } });
         if (!response.ok) return;
-        const statuses = await response.json();
-        for (const [id, info] of Object.entries(statuses)) {
-          const badge = table.querySelector(`tr[data-service="${id}"] [data-field=status]`);
-          if (badge && badge.textContent !== info.status.toUpperCase()) {
-            badge.textContent = info.status.toUpperCase();
-            badge.className = "badge status-" + info.status;
-          }
-        }
+        const states = await response.json();
+        const changed = rows.some((row) => {
+          const info = states[row.dataset.service];
+          return info && row.dataset.state !== `${info.status}|${info.vmid ?? ""}|${info.error ? 1 : 0}`;
+        });
+        if (!changed) return;
+        const page = await fetch(window.location.href, { headers: { Accept: "text/html" } });
+        if (!page.ok) return;
+        const fresh = new DOMParser().parseFromString(await page.text(), "text/html").querySelector("#vms tbody");
+        if (fresh) table.querySelector("tbody").replaceWith(document.adoptNode(fresh));
       };
-      setInterval(refresh, 5000);
+      setInterval(refresh, Number(table.dataset.refreshMs) || 5000);
     }
   });
 })();

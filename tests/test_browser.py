@@ -440,3 +440,27 @@ def test_dns_zone_dialog_test_button_and_masked_secret(tab, served, request):
         expect(tab.locator(".alert-success")).to_contain_text("answers and the zone exists")
     finally:
         server.stop()
+
+
+def test_a_vm_row_follows_its_pipeline_without_a_reload(tab, served, request):
+    """Found in review: only the status badge changed in place; the VMID, the addresses and the error badge
+    stayed as they were until a reload. A changed row now comes back whole."""
+    seed(served.app, ("set_dns", "ready"))
+    with served.app.app_context():
+        vm = db.session.get(VM, 5546)
+        vm.vmid, vm.last_error_message = None, "clone failed: storage full"
+        db.session.commit()
+    log_in(tab, served)
+    tab.goto(served.url + "/vms")
+    row = tab.locator("#vms tr[data-service='5546']")
+    expect(row.locator("[data-field=status]")).to_have_text("SET_DNS")
+    expect(row.locator(".badge.bad")).to_have_count(1)
+    with served.app.app_context():  # a worker moves the VM on meanwhile
+        vm = db.session.get(VM, 5546)
+        vm.status, vm.vmid, vm.last_error_message = "migrated", 2100, None
+        db.session.commit()
+    expect(row.locator("[data-field=status]")).to_have_text("MIGRATED", timeout=15000)
+    expect(row).to_contain_text("2100")
+    expect(row.locator(".badge.bad")).to_have_count(0)
+    expect(row.locator("button:has-text('Log')")).to_be_visible()
+    shot(tab, request)
