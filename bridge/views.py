@@ -177,6 +177,20 @@ def after_cron_job(payload: dict) -> tuple[dict, int]:
         return error(f"{exc}: no tick was started; the calls already taken wait in the database")
 
 
+@module_function("AddonDeactivate")
+def addon_deactivate(payload: dict) -> tuple[dict, int]:
+    """WHMCS deactivated the addon. With "Delete all database tables when module is deactivated" on, the
+    module's data goes (core.module_data); otherwise nothing changes."""
+    from core import module_data
+    if not setting("delete_data_on_uninstall"):
+        return {"result": "success", "deleted": False,
+                "message": "the module's data is kept (Delete all database tables when module is deactivated "
+                           "is off)"}, 200
+    removed = module_data.delete_module_data()
+    log.warning("AddonDeactivate: the module's data was deleted: %s", removed)
+    return {"result": "success", "deleted": True, "rows": removed}, 200
+
+
 def _account_action(name: str, act, payload: dict) -> tuple[dict, int]:
     """A module function over the whole $params: validate, act, answer WHMCS, log the call."""
     from core.products import PackageError

@@ -386,3 +386,29 @@ def test_a_one_step_admin_command_runs_through_the_shim(app, served, cluster, sh
     assert [a.address for a in ipam.assigned(8110)] == ["192.0.2.10"]
     assert db.session.get(VM, 8110).status == "creation"  # a one-step command leaves the status as it is
     assert [line["action"] for line in shim.lines()] == ["CreateAccount", "VMSetDedicatedIp"]
+
+
+def test_deactivating_the_addon_deletes_the_module_data_only_when_asked(app, served, cluster, shim):
+    """Found in review: the setting "Delete all database tables when module is deactivated" was stored and
+    never read. The addon's deactivation now tells the product, which deletes the module's data when the
+    setting is on (the admins and the bridge's replay protection stay) and keeps everything otherwise."""
+    from core import admins, settings
+    from core.models import Admin, BridgeNonce, IPPool, Setting
+    register_cluster(cluster)
+    admins.create_admin("root", "correct horse battery")
+    secret = app.config["BRIDGE_SECRET"]
+    created, = shim.run(["puqProxmoxKVM_CreateAccount"], account_params(cluster, 8120), url=served, secret=secret)
+    assert created == "success"
+    kept, = shim.run(["puq_proxmox_kvm_deactivate"], None, url=served, secret=secret, module=ADDON_MODULE)
+    assert kept["status"] == "success" and "untouched" in kept["description"]
+    db.session.expire_all()
+    assert db.session.get(VM, 8120) is not None and db.session.scalar(select(IPPool.id).limit(1)) is not None
+    settings.update({"delete_data_on_uninstall": True})
+    gone, = shim.run(["puq_proxmox_kvm_deactivate"], None, url=served, secret=secret, module=ADDON_MODULE)
+    assert gone["status"] == "success" and "data was deleted" in gone["description"], gone
+    db.session.expire_all()
+    assert db.session.get(VM, 8120) is None and db.session.scalar(select(IPPool.id).limit(1)) is None
+    assert db.session.scalar(select(ModuleLog.id).limit(1)) is None
+    assert db.session.scalar(select(Setting.key).limit(1)) is None  # back to the defaults: the flag is off
+    assert db.session.scalar(select(Admin.username)) == "root"
+    assert db.session.scalar(select(BridgeNonce.nonce).limit(1)) is not None

@@ -11,6 +11,8 @@ if (!defined('WHMCS')) {
     die('This file cannot be accessed directly');
 }
 
+require_once __DIR__ . '/../../servers/puqProxmoxKVM/lib/Bridge.php';
+
 function puq_proxmox_kvm_config()
 {
     return [
@@ -47,12 +49,26 @@ function puq_proxmox_kvm_activate()
     ];
 }
 
+/**
+ * Tells the product (signed). With its setting "Delete all database tables when module is deactivated" on,
+ * the product deletes the module's data (pools, zones, VM records, logs, settings); otherwise nothing changes.
+ */
 function puq_proxmox_kvm_deactivate()
 {
-    return [
-        'status' => 'success',
-        'description' => 'PUQ Proxmox KVM is deactivated. The product and its data are untouched.',
-    ];
+    $description = 'PUQ Proxmox KVM is deactivated. The product and its data are untouched.';
+    $bridge = \PuqProxmoxKVM\Bridge::fromSettings();
+    if ($bridge->configurationProblem() === '') {
+        $result = $bridge->call('AddonDeactivate', []);
+        $answer = is_array($result['body'] ?? null) ? $result['body'] : [];
+        if ($result['status'] !== 200) {
+            $description = 'PUQ Proxmox KVM is deactivated; the product at ' . $result['url'] . ' was not told ('
+                . ($result['error'] !== '' ? $result['error'] : 'HTTP ' . $result['status']) . '): its data is untouched.';
+        } elseif (!empty($answer['deleted'])) {
+            $description = 'PUQ Proxmox KVM is deactivated and, as its settings ask, the module\'s data was deleted '
+                . 'in the product (pools, DNS zones, VM records, logs, settings). Proxmox was not touched.';
+        }
+    }
+    return ['status' => 'success', 'description' => $description];
 }
 
 function puq_proxmox_kvm_output($vars)
