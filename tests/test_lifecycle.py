@@ -515,7 +515,14 @@ def test_reset_password_changes_it_in_whmcs_cloudinit_and_by_email(app, bridge, 
     new = update["servicepassword"]
     assert update["serviceid"] == "5546" and new != old and len(new) == 16
     assert unseal(db.session.get(Service, 5546).password) == new
+    first = len(cluster.pve.requests)
     tick(clock, only="processVirtualMachines")
+    # the VM is off while cloud-init is rewritten, then started (seed 000: "The VM must be powered off")
+    calls = [(m, p, b) for m, p, b in cluster.pve.requests[first:] if m in ("POST", "PUT")]
+    stop = next(i for i, (m, p, _b) in enumerate(calls) if p.endswith(("/status/shutdown", "/status/stop")))
+    write = next(i for i, (m, p, b) in enumerate(calls) if p.endswith("/config") and b"cipassword" in b)
+    start = max(i for i, (m, p, _b) in enumerate(calls) if p.endswith("/status/start"))
+    assert stop < write < start, calls
     db.session.refresh(vm)
     assert vm.status == "ready"
     assert cluster.pve.vm(vm.vmid).config["cipassword"] == new and cluster.pve.vm(vm.vmid).status == "running"
@@ -550,6 +557,9 @@ def test_reinstall_onto_another_template_keeps_ip_mac_and_vmid(app, bridge, clus
     from core.proxmox.client import Pve, endpoint_for
     pve = Pve(endpoint_for(vm.server, unseal(vm.server.token_secret), app.instance_path))
     pve.post("nodes", vm.node, "qemu", vmid, "snapshot", snapname="before")
+    pve.post("nodes", vm.node, "vzdump", vmid=vmid, storage="local", mode="snapshot")
+    backups = [v for v in cluster.pve.storages["local"]["volumes"] if f"-{vmid}-" in v]
+    assert len(backups) == 1
     assert bridge.call("Reinstall", {**account_params(cluster, 5546), "template": 9001}).get_json() == \
         {"result": "success"}
     assert db.session.get(VM, 5546).status == "reinstall"
@@ -563,6 +573,7 @@ def test_reinstall_onto_another_template_keeps_ip_mac_and_vmid(app, bridge, clus
         .endswith("/nodes/pve1/qemu/9001/clone")
     guest = cluster.pve.vm(vmid)
     assert guest.status == "running" and mac in guest.config["net0"] and not guest.snapshots
+    assert backups[0] in cluster.pve.storages["local"]["volumes"]  # backups are kept (seed 000)
     # the client hears that the VM is ready again, not the Welcome of a new order
     assert whmcs_api.emails() == ["puqProxmoxKVM Welcome Email", "puqProxmoxKVM VM Ready", "puqProxmoxKVM VM Ready"]
     assert bridge.call("Reinstall", {**account_params(cluster, 5546), "template": 99}).status_code == 400
