@@ -348,3 +348,51 @@ def test_one_bad_reverse_name_fails_only_its_own_ptr_on_powerdns(app, bridge, cl
     assert powerdns.dig(reverse_name("192.0.2.10"), "PTR") == [f"{vm.name}.example.com."]
     assert summary.errors == 1 and any("192.0.2.11" in m or "11.2.0.192" in m for m in summary.messages), \
         summary.messages
+
+
+def test_cloudflare_follows_a_change_package_and_a_terminate(app, bridge, cluster, clock, cloudflare):
+    """Found in review: change package and terminate were tested on PowerDNS only."""
+    app.config["CLOUDFLARE_API_URL"] = cloudflare.base_url
+    for zone_id, name in CLOUDFLARE_ZONES.items():
+        dns.create_zone({"name": name, "provider": "cloudflare", "account_id": "acc", "zone_id": zone_id,
+                         "api_token": cloudflare.token})
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    forward_zone, reverse_zone = cloudflare.zone_id("example.com"), cloudflare.zone_id(V4_ZONE)
+    answer = bridge.call("ChangePackage", account_params(cluster, 5546, configoptions={"IPv4 Addresses": "1"}))
+    assert answer.get_json() == {"result": "success"}
+    clock.advance(60)
+    tick(clock, only="processVirtualMachines")
+    assert sorted(r["content"] for r in cloudflare.records(forward_zone) if r["type"] == "A") == ["192.0.2.10"]
+    assert [r["name"] for r in cloudflare.records(reverse_zone)] == [reverse_name("192.0.2.10")]
+    db.session.refresh(vm)
+    bridge.call("TerminateAccount", account_params(cluster, 5546))
+    clock.advance(60)
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove", "\n".join(lines)
+    assert cloudflare.records(forward_zone) == [] and cloudflare.records(reverse_zone) == []
+    assert cloudflare.records(cloudflare.zone_id(V6_ZONE)) == []
+
+
+def test_hestia_follows_a_change_package_and_a_terminate(app, bridge, cluster, clock, hestia):
+    for name in ("example.com", V4_ZONE, V6_ZONE):
+        dns.create_zone({"name": name, "provider": "hestiacp", "server_url": hestia.url[: -len("api/")],
+                         "admin_user": "admin", "admin_password": hestia.password, "owner_user": "admin"})
+    register_cluster(cluster, **PRODUCT)
+    vm, _ = deploy(bridge, cluster, clock)
+    answer = bridge.call("ChangePackage", account_params(cluster, 5546, configoptions={"IPv4 Addresses": "1"}))
+    assert answer.get_json() == {"result": "success"}
+    clock.advance(60)
+    tick(clock, only="processVirtualMachines")
+    assert sorted(r["VALUE"] for r in hestia.find("admin", "example.com", vm.name, "A")) == ["192.0.2.10"]
+    assert hestia.find("admin", V4_ZONE, "11", "PTR") == []
+    bridge.call("TerminateAccount", account_params(cluster, 5546))
+    clock.advance(60)
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove", "\n".join(lines)
+    assert hestia.find("admin", "example.com", vm.name) == [] and hestia.find("admin", V4_ZONE, rtype="PTR") == []
+    assert hestia.find("admin", V6_ZONE, rtype="PTR") == []
