@@ -80,18 +80,42 @@ def demo_params(service_id: int, info: dict) -> dict:
 @click.option("--exit-when-ready", is_flag=True, help="Stop once every demo VM is ready (for scripts).")
 @with_appcontext
 def demo_command(port: int, vms: int, time_scale: float, exit_when_ready: bool) -> None:
-    """Run the product against a fake Proxmox cluster and deploy a few VMs through the signed bridge."""
+    """Run the product against a fake Proxmox cluster and deploy a few VMs through the signed bridge.
+
+    The demo keeps its own database, instance/demo.sqlite3, started afresh at every run (the fake cluster
+    is new each time too), so it never mixes with what `flask serve` keeps; its panel gets an admin `demo`
+    with a fresh password, printed."""
+    from app import create_app
+    with _fresh_demo_app(create_app).app_context():
+        _run_demo(port, vms, time_scale, exit_when_ready)
+
+
+def _fresh_demo_app(create_app):
+    instance = Path(current_app.instance_path)
+    for name in ("demo.sqlite3", "demo.sqlite3-wal", "demo.sqlite3-shm", "demo.sqlite3-journal"):
+        (instance / name).unlink(missing_ok=True)
+    return create_app({"INSTANCE_PATH": str(instance),
+                       "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(instance / "demo.sqlite3"),
+                       "TICKER_SECONDS": 60, "TASK_POLL_SECONDS": 0.5, "REDIS_URL": None,
+                       "QUIET_MIGRATIONS": True})
+
+
+def _run_demo(port: int, vms: int, time_scale: float, exit_when_ready: bool) -> None:
+    import secrets
+
     from flask_migrate import upgrade
     from werkzeug.serving import make_server
 
     from bridge.signing import signed_headers
+    from core import admins
     from core.extensions import db
     from core.models import VM
     from jobs.ticker import Ticker
 
     app = current_app._get_current_object()
-    app.config.update(TICKER_SECONDS=60, TASK_POLL_SECONDS=0.5)
-    upgrade()  # (Alembic's logging setup silences loggers that exist before it: set ours up after)
+    upgrade()
+    password = secrets.token_urlsafe(12)
+    admins.create_admin("demo", password)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("pkvm.ticker", "pkvm.worker"):
@@ -108,7 +132,8 @@ def demo_command(port: int, vms: int, time_scale: float, exit_when_ready: bool) 
         server = make_server("127.0.0.1", port, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         Ticker(app).start()
-        click.echo(f"Bridge and panel on http://127.0.0.1:{port}/ ; in-process ticker started")
+        click.echo(f"Bridge and panel on http://127.0.0.1:{port}/ (log in as demo / {password}); "
+                   "in-process ticker started")
         secret = app.config["BRIDGE_SECRET"]
         service_ids = [1000 + n for n in range(1, vms + 1)]
         for service_id in service_ids:

@@ -9,9 +9,9 @@ from alembic import context
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name)
+# Interpret the config file for Python logging, unless the app asks for quiet migrations (flask demo).
+if not current_app.config.get("QUIET_MIGRATIONS"):
+    fileConfig(config.config_file_name)
 logger = logging.getLogger('alembic.env')
 
 
@@ -97,6 +97,13 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # The app turns SQLite's foreign keys on for every connection. A batch migration rebuilds a table
+            # (copy, DROP, rename): with them on, the DROP would cascade into the rows that point at it, or
+            # be refused. Off while migrating (outside any transaction, where SQLite takes the pragma), then
+            # every reference is checked before they are on again.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
@@ -105,6 +112,11 @@ def run_migrations_online():
 
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            broken = connection.connection.driver_connection.execute("PRAGMA foreign_key_check").fetchall()
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+            if broken:
+                raise RuntimeError(f"the migration left rows pointing at nothing: {broken[:10]}")
 
 
 if context.is_offline_mode():

@@ -25,4 +25,15 @@ def test_flask_demo_deploys_to_ready(tmp_path):
     assert "All demo VMs are ready: 1001=ready, 1002=ready" in out
     assert "--- Deploy complete: service=1001 status=ready ---" in out
     assert '"queued":true' in out and "[+] 4. Migrate to target node" in out
-    assert (tmp_path / "instance" / "pkvm.sqlite3").exists()
+    # its own database, afresh at every run, with a panel login printed (found in review: no way to log in,
+    # and a second run found its VMs "ready" in the old database, on a fake cluster that no longer had them)
+    assert (tmp_path / "instance" / "demo.sqlite3").exists() and not (tmp_path / "instance" / "pkvm.sqlite3").exists()
+    import re
+    password = re.search(r"log in as demo / (\S+)\)", out).group(1)
+    again = subprocess.run([str(flask), "demo", "--exit-when-ready", "--vms", "1", "--port", str(port)],
+                           cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert again.returncode == 0 and '"queued":true' in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "--- Deploy complete: service=1001 status=ready ---" in again.stdout
+    assert password not in again.stdout  # a fresh password each run
+    assert "INFO  [alembic" not in again.stdout + again.stderr

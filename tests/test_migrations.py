@@ -32,3 +32,33 @@ def test_upgrade_matches_models_and_downgrades(tmp_path, kind):
             db.engine.dispose()
     finally:
         drop()
+
+
+def test_a_table_rebuild_on_sqlite_keeps_the_rows_that_point_at_it(tmp_path):
+    """Found in review: on SQLite a batch migration rebuilds a table (copy, DROP, rename); with the app's
+    foreign keys on, the DROP of vm_info cascaded into vm_runs and every VM's log was gone (or, for a parent
+    without a cascade, the migration was refused). Foreign keys are off while migrating, and checked after."""
+    from sqlalchemy import text
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'mig.sqlite3'}")
+    with app.app_context():
+        db.drop_all()
+        upgrade()
+        from core.models import VM, Client, Product, Server, Service, VMRun
+        db.session.add_all([Server(id=1, name="s", hostname="h", token_id="a@pam!t", token_secret="x"),
+                            Client(id=1), Product(id=1, name="p", settings={})])
+        db.session.flush()
+        db.session.add(Service(id=7, client_id=1, product_id=1, server_id=1, status="Active"))
+        db.session.flush()
+        db.session.add(VM(service_id=7, server_id=1, name="vm", status="ready"))
+        db.session.flush()
+        db.session.add_all([VMRun(service_id=7, action="deploy", from_status="creation", to_status="ready",
+                                  result="success", steps=[]) for _ in range(3)])
+        db.session.commit()
+        db.session.remove()
+        downgrade(revision="0004")  # 0005 is a batch change of vm_info: the table is rebuilt
+        upgrade()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM vm_runs")).scalar() == 3
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        db.session.remove()
+        db.engine.dispose()
