@@ -32,11 +32,12 @@ def health() -> dict:
     if report["mode"] == "rq":
         from rq import Worker
 
-        from .queue import redis_connection
+        from .queue import redis_connection, rq_queue
         try:
             conn = redis_connection()
             conn.ping()
-            report["redis"], report["workers"] = True, len(Worker.all(connection=conn))
+            # Workers of this installation's queue only: one Redis may serve several installations.
+            report["redis"], report["workers"] = True, Worker.count(queue=rq_queue())
         except Exception:  # noqa: BLE001 - a down Redis is what this reports
             log.warning("health: Redis does not answer", exc_info=True)
             report["redis"], report["workers"] = False, 0

@@ -11,6 +11,9 @@ from flask import current_app
 
 log = logging.getLogger("pkvm.queue")
 VM_JOB = "jobs.worker.process_vm_job"
+# Seconds a VM job may run, its follow-ups too (RQ's default is 180): a terminate's stop windows alone take
+# 180 s, and a pass is only ever cut short by its own waits.
+VM_JOB_TIMEOUT = 3600
 # Set whenever work is queued without Redis; the in-process ticker waits on it.
 wakeup = threading.Event()
 _redis_cache: dict[str, object] = {}
@@ -75,12 +78,12 @@ def enqueue_vm(service_id: int, delay: float = 0) -> bool:
         # writes its own state over the job of that id.
         queue.enqueue_in(timedelta(seconds=delay), VM_JOB, service_id,
                          job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
-                         failure_ttl=86400)
+                         failure_ttl=86400, job_timeout=VM_JOB_TIMEOUT)
         return True
     if _job_active(vm_job_id(service_id), queue):
         return False
     queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
-                  job_timeout=3600)
+                  job_timeout=VM_JOB_TIMEOUT)
     return True
 
 

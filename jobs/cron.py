@@ -71,13 +71,16 @@ def vms_due(clock: Clock, ignore_schedule: bool = False) -> list[int]:
 
 
 def next_vm_due(clock: Clock) -> float | None:
-    """Seconds until the next VM in a pipeline is due (0 when one is due now), None when none is."""
+    """Seconds until the next VM in a pipeline is due (0 when one is due now), None when none is. A VM is due
+    when its next run has come and its lease (another runner's) is free: a leased VM is not due before the
+    lease ends, so that a waiting loop does not spin on it."""
     now = clock.now()
-    active = VM.status.in_(sorted(active_statuses()))
-    if db.session.scalar(select(VM.service_id).where(active, VM.next_run_at.is_(None)).limit(1)) is not None:
-        return 0.0
-    soonest = db.session.scalar(select(func.min(VM.next_run_at)).where(active))
-    return None if soonest is None else max(0.0, (soonest - now).total_seconds())
+    rows = db.session.execute(select(VM.next_run_at, VM.lease_until)
+                              .where(VM.status.in_(sorted(active_statuses())))).all()
+    if not rows:
+        return None
+    soonest = min(max(next_run or now, lease or now) for next_run, lease in rows)
+    return max(0.0, (soonest - now).total_seconds())
 
 
 def _sid_line(result: RunResult) -> str:

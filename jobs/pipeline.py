@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Protocol
 
 from flask import current_app
+from rq.timeouts import JobTimeoutException
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
@@ -289,8 +290,9 @@ def _advance(vm: VM, step: Step, status: str | None = None) -> None:
 
 
 def retry_delay() -> float:
-    """Seconds before a failed step is tried again: the next processVirtualMachines tick."""
-    return max(settings.get("interval_processVirtualMachines") * 60 - 10, 5)
+    """Seconds before a failed step is tried again: the next processVirtualMachines tick (never sooner than
+    a minute's tick would, also when the task is off)."""
+    return max(settings.get("interval_processVirtualMachines") * 60 - 10, 50)
 
 
 # A lease outlasts the longest step (its wait plus two API calls at the heavy timeout) by this much; a pass
@@ -393,6 +395,11 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         except (StepFailed, ProxmoxError) as exc:
             done, error = None, str(exc)
         except VMChanged:
+            out.captured = None
+            raise
+        except JobTimeoutException:
+            # The worker's job ran out of time: not this step's failure (never its failure status). The
+            # status stays as committed and the lease lapses; the next tick goes on from there.
             out.captured = None
             raise
         except Exception as exc:  # noqa: BLE001 - one VM's bug must not stop the tick

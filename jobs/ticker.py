@@ -12,6 +12,7 @@ import threading
 from flask import Flask
 
 from core import queue as work_queue
+from core import settings
 
 log = logging.getLogger("pkvm.ticker")
 
@@ -43,13 +44,15 @@ class Ticker(threading.Thread):
         while not self.stopping.is_set():
             with self.app.app_context():
                 try:
+                    # processVirtualMachines at interval 0 is off: VMs wait for it (or for flask cron --task).
+                    vm_task_on = settings.get("interval_processVirtualMachines") > 0
                     if clock.monotonic() >= next_full:
                         next_full = clock.monotonic() + period
                         run_tick(Output(log.info), inline=True, max_wait=max_wait, parallel=self.parallel)
-                    elif vms_due(clock):
+                    elif vm_task_on and vms_due(clock):
                         run_tick(Output(log.info), only="processVirtualMachines", inline=True, max_wait=max_wait,
                                  parallel=self.parallel, use_lock=False)
-                    due = next_vm_due(clock)
+                    due = next_vm_due(clock) if vm_task_on else None
                 except Exception:  # noqa: BLE001 - the ticker must survive anything
                     log.exception("tick failed")
                     due = None

@@ -38,22 +38,30 @@ def test_a_database_that_does_not_answer_is_down(tmp_path):
     assert status == 503 and body["status"] == "down" and body["database"] is False
 
 
-def test_with_redis_it_counts_the_workers(tmp_path):
-    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}", REDIS_URL=HEALTH_REDIS_URL)
+def test_with_redis_it_counts_the_workers_of_its_queue(tmp_path):
+    """Found in review: every worker on the Redis server counted, those of another installation's queue too,
+    so /healthz said ok with nobody working this installation's jobs."""
+    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}", REDIS_URL=HEALTH_REDIS_URL, RQ_QUEUE=queue_name)
     conn = Redis.from_url(HEALTH_REDIS_URL)
     with app.app_context():
         assert app.test_cli_runner().invoke(args=["cron"]).exit_code == 0
         status, body = healthz(app)
         assert status == 200 and body["mode"] == "rq" and body["redis"] is True
         assert body["workers"] == 0 and body["status"] == "degraded"  # calls are taken, nothing works them
-        worker = SimpleWorker([Queue(f"pkvm-test-{secrets.token_hex(4)}", connection=conn)], connection=conn)
-        worker.register_birth()
+        elsewhere = SimpleWorker([Queue(f"pkvm-other-{secrets.token_hex(4)}", connection=conn)], connection=conn)
+        ours = SimpleWorker([Queue(queue_name, connection=conn)], connection=conn)
+        elsewhere.register_birth()
         try:
+            status, body = healthz(app)
+            assert body["workers"] == 0 and body["status"] == "degraded"  # another installation's worker
+            ours.register_birth()
             status, body = healthz(app)
             assert status == 200 and body["workers"] == 1 and body["status"] == "ok"
         finally:
-            worker.register_death()
-            conn.delete(worker.key)
+            for worker in (elsewhere, ours):
+                worker.register_death()
+                conn.delete(worker.key)
 
 
 def test_redis_that_does_not_answer_is_down(tmp_path):

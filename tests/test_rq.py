@@ -308,3 +308,35 @@ def test_the_whmcs_cron_hook_answers_an_error_when_redis_is_down(tmp_path):
         assert body["result"] == "error" and "Redis" in body["message"] and "no tick" in body["message"], body
         db.session.remove()
         db.engine.dispose()
+
+
+def test_a_follow_up_job_gets_the_vm_jobs_time_and_a_timeout_is_never_a_failure(rq_app, redis_conn, cluster,
+                                                                                  monkeypatch):
+    """Found in review: follow-up jobs (a poll a few seconds later) ran under RQ's default 180 s timeout,
+    while a terminate's stop windows alone take 180 s; RQ's timeout then came out of the step as an
+    "internal error" and put the VM in error_terminate. Follow-ups get the VM job's 3600 s, and a job that
+    runs out of time leaves the status as it is for the next tick."""
+    from rq.timeouts import JobTimeoutException
+
+    import jobs.lifecycle
+    from core import queue as work_queue
+    app, queue = rq_app
+    assert work_queue.enqueue_vm(530, delay=5) is True
+    follow_up = queue.fetch_job(ScheduledJobRegistry(queue=queue).get_job_ids()[0])
+    assert follow_up.timeout == work_queue.VM_JOB_TIMEOUT == 3600
+    register_cluster(cluster)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 531))
+    vm = db.session.get(VM, 531)
+    vm.status = "terminate"
+    db.session.commit()
+
+    def out_of_time(ctx, node):
+        raise JobTimeoutException("Task exceeded maximum timeout value (180 seconds)")
+    monkeypatch.setattr(jobs.lifecycle, "_stop_for_terminate", out_of_time)
+    vm.vmid = 9000  # any VM the cluster has, so the terminate gets to its stop
+    vm.name = "debian-12-cloud"
+    db.session.commit()
+    with pytest.raises(JobTimeoutException):
+        run_vm(531, Output(None))
+    db.session.expire_all()
+    assert db.session.get(VM, 531).status == "terminate"
