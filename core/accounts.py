@@ -23,6 +23,8 @@ from .vault import seal, seals, unseal
 
 SECRET_KEYS = {"password", "serverpassword", "serveraccesshash", "secret", "token_secret"}
 ID_FIELDS = ("serviceid", "userid", "pid", "serverid")
+# What a TEXT column holds on MariaDB (65,535 bytes), with room to spare: larger is refused, never cut.
+TEXT_LIMIT = 60000
 SERVER_STATUSES = ("Pending", "Active", "Suspended", "Terminated", "Cancelled", "Fraud", "Completed")
 
 
@@ -103,7 +105,7 @@ def parse_server(payload: dict, errors: dict, require_id: bool = True) -> Server
     ``verify_tls=0`` for a cluster with a self-signed certificate."""
     server_id = _int(payload, "serverid", errors, required=require_id) or 0
     hostname = _str(payload, "serverhostname", errors).strip()
-    ip = _str(payload, "serverip", errors).strip()
+    ip = _str(payload, "serverip", errors, limit=64).strip()
     if not hostname and not ip:
         errors["serverhostname"] = "serverhostname or serverip is required"
     if hostname and not re.match(r"^[A-Za-z0-9.:\[\]-]+$", hostname):
@@ -117,7 +119,7 @@ def parse_server(payload: dict, errors: dict, require_id: bool = True) -> Server
     token_secret = _str(payload, "serverpassword", errors, limit=4096)
     if not token_secret:
         errors["serverpassword"] = "is required (the API token secret)"
-    access = _str(payload, "serveraccesshash", errors, limit=65536)
+    access = _str(payload, "serveraccesshash", errors, limit=TEXT_LIMIT)
     ca_pem = None
     if "BEGIN CERTIFICATE" in access:
         start = access.index("-----BEGIN CERTIFICATE-----")
@@ -126,6 +128,8 @@ def parse_server(payload: dict, errors: dict, require_id: bool = True) -> Server
     assigned = payload.get("serverassignedips") or payload.get("assignedips") or ""
     if isinstance(assigned, list):
         assigned = "\n".join(str(a) for a in assigned)
+    if len(str(assigned).encode()) > TEXT_LIMIT:
+        errors["serverassignedips"] = f"must be at most {TEXT_LIMIT} bytes"
     if "serverid" in errors or "serverhostname" in errors:
         return None
     return ServerParams(id=server_id, name=_str(payload, "servername", errors) or hostname or ip,

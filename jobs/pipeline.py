@@ -39,6 +39,7 @@ from core.vault import unseal
 log = logging.getLogger(__name__)
 RUNS_KEPT = 50
 STEP_LINES_KEPT = 40  # detail lines kept per step in the VM log
+ERROR_KEPT = 4000  # characters of a step's error kept on the VM and in its log
 
 
 class Clock(Protocol):
@@ -408,6 +409,8 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             done, error = None, f"internal error in step: {type(exc).__name__}: {exc}"
         seconds = clock.monotonic() - began
         result.step_cpu.append(time.process_time() - cpu_began)
+        if error is not None and len(error) > ERROR_KEPT:  # a TEXT column on MariaDB holds 64 KB at most
+            error = error[:ERROR_KEPT] + " [...]"
         entry = {"label": step.label, "from": step.source, "at": clock.now().isoformat(timespec="seconds"),
                  "seconds": round(seconds, 2)}
         if out.captured:

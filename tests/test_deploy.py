@@ -675,3 +675,32 @@ def test_a_vm_from_the_legacy_assigned_ip_list_gets_its_network_from_its_line(ap
     assert vm.status == "ready", "\n".join(lines)
     assert guest.config["ipconfig0"] == "ip=203.0.113.5/24,gw=203.0.113.1,ip6=2001:db8:5::7/64,gw6=2001:db8:5::1"
     assert unquote(guest.config["nameserver"]) == "1.1.1.1 9.9.9.9"
+
+
+def test_a_huge_step_error_is_kept_cut_short_on_mariadb_too(tmp_path, cluster, clock, monkeypatch):
+    """Found in review: on MariaDB a TEXT column holds 64 KB; a step error longer than that (a provider's
+    whole answer) failed the write of the error itself, so the VM was retried at every tick with nothing
+    shown. Errors are kept to 4,000 characters; oversized server fields in a call are refused, not cut."""
+    from tests.conftest import Bridge, database_url, make_app
+    url, drop = database_url("mysql", tmp_path)
+    app = make_app(tmp_path, url)
+    try:
+        with app.app_context():
+            register_cluster(cluster, **FULL_PRODUCT)
+            bridge = Bridge(app, app.test_client())
+            refused = bridge.call("CreateAccount", account_params(cluster, 95, serverip="1" * 65))
+            assert refused.status_code == 400 and "serverip" in refused.get_json()["errors"]
+            refused = bridge.call("CreateAccount", account_params(cluster, 95, serverassignedips="192.0.2.9\n" * 7000))
+            assert refused.status_code == 400 and "serverassignedips" in refused.get_json()["errors"]
+            bridge.call("CreateAccount", account_params(cluster, 95))
+
+            cluster.pve.fail("POST", "/clone", 500, "Proxmox said: " + "€" * 30000, times=1)  # 90 KB in UTF-8
+            run_vm(95, Output(None, clock), clock)
+            vm = db.session.get(VM, 95)
+            db.session.refresh(vm)
+            assert vm.status == "set_dns" and "Proxmox said: €" in vm.last_error_message
+            assert len(vm.last_error_message) <= 4010 and vm.next_run_at is not None
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        drop()

@@ -68,10 +68,18 @@ def clean(params: dict[str, Any]) -> dict[str, Any]:
     return {k: wire(v) for k, v in params.items() if v is not None}
 
 
+def _utf8(text: str) -> str:
+    """Proxmox puts its error in the HTTP status line, which clients decode as Latin-1: its UTF-8 back."""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
 def _describe(exc: Exception) -> ProxmoxError:
     if isinstance(exc, ResourceException):
         errors = exc.errors if isinstance(exc.errors, dict) else {}
-        text = str(exc.content or exc.status_message or "").strip()
+        text = _utf8(str(exc.content or exc.status_message or "").strip())
         if errors:
             text += " " + "; ".join(f"{k}: {v}" for k, v in errors.items())
         if exc.status_code == 401:
