@@ -4,10 +4,11 @@ balancer or a monitor."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from .extensions import db
 from .models import CronTask, utcnow
@@ -18,9 +19,11 @@ TICK_LATE = timedelta(minutes=5)
 
 def health() -> dict:
     """``database``: it answers; ``mode``: rq or ticker; ``redis``/``workers``: None without Redis;
-    ``last_tick``: when any cron task last ran; ``tick_late``: not in the last 5 minutes."""
+    ``last_tick``: when any cron task last ran; ``tick_late``: not in the last 5 minutes; ``clock_skew``:
+    seconds this machine's clock is behind the database server's (None on SQLite, which has no clock of
+    its own)."""
     report = {"database": True, "mode": "rq" if current_app.config.get("REDIS_URL") else "ticker",
-              "redis": None, "workers": None, "last_tick": None, "tick_late": True}
+              "redis": None, "workers": None, "last_tick": None, "tick_late": True, "clock_skew": None}
     try:
         report["last_tick"] = db.session.scalar(select(func.max(CronTask.last_run_at)))
     except Exception:  # noqa: BLE001 - a database that does not answer is what this reports
@@ -29,6 +32,7 @@ def health() -> dict:
         report["database"] = False
     else:
         report["tick_late"] = report["last_tick"] is None or utcnow() - report["last_tick"] > TICK_LATE
+        report["clock_skew"] = clock_skew()
     if report["mode"] == "rq":
         from rq import Worker
 
@@ -44,12 +48,32 @@ def health() -> dict:
     return report
 
 
+# Leases and the cron lock compare times written by different machines: a clock this far off lets one
+# machine take another's live lease.
+CLOCK_SKEW_LIMIT = 30.0
+
+_DB_EPOCH = {"postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
+             "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))", "mariadb": "SELECT UNIX_TIMESTAMP(NOW(6))"}
+
+
+def clock_skew() -> float | None:
+    """The database server's clock minus this machine's, in seconds (None on SQLite)."""
+    query = _DB_EPOCH.get(db.engine.dialect.name)
+    if query is None:
+        return None
+    before = time.time()
+    theirs = float(db.session.execute(text(query)).scalar())
+    db.session.rollback()
+    return round(theirs - (before + time.time()) / 2, 1)
+
+
 def verdict(report: dict) -> str:
     """``down``: the database or Redis does not answer (calls cannot be taken); ``degraded``: calls are
     taken but nothing works them off (no tick lately, or no worker); ``ok``."""
     if not report["database"] or report["redis"] is False:
         return "down"
-    if report["tick_late"] or report["workers"] == 0:
+    skew = report.get("clock_skew")
+    if report["tick_late"] or report["workers"] == 0 or (skew is not None and abs(skew) > CLOCK_SKEW_LIMIT):
         return "degraded"
     return "ok"
 
