@@ -41,6 +41,30 @@ def powerdns_zones(server):
                          "api_key": server.api_key})
 
 
+def run_call(bridge, cluster, clock, function, final="ready", **params):
+    """Send a module call for service 5546 and run the next tick; the VM ends at ``final``."""
+    assert bridge.call(function, account_params(cluster, 5546, **params)).get_json() == {"result": "success"}
+    clock.advance(60)
+    lines: list[str] = []
+    tick(clock, lines, only="processVirtualMachines")
+    vm = db.session.get(VM, 5546)
+    db.session.refresh(vm)
+    assert vm.status == final, "\n".join(lines)
+
+
+def cloudflare_zones(app, server):
+    app.config["CLOUDFLARE_API_URL"] = server.base_url
+    for zone_id, name in CLOUDFLARE_ZONES.items():
+        dns.create_zone({"name": name, "provider": "cloudflare", "account_id": "acc", "zone_id": zone_id,
+                         "api_token": server.token})
+
+
+def hestia_zones(server):
+    for name in ("example.com", V4_ZONE, V6_ZONE):
+        dns.create_zone({"name": name, "provider": "hestiacp", "server_url": server.url[: -len("api/")],
+                         "admin_user": "admin", "admin_password": server.password, "owner_user": "admin"})
+
+
 def test_deploy_publishes_records_that_powerdns_serves(app, bridge, cluster, clock, powerdns):
     powerdns_zones(powerdns)
     register_cluster(cluster, **PRODUCT)
@@ -101,10 +125,7 @@ def test_delete_records_removes_forward_and_every_ptr(app, bridge, cluster, cloc
 
 
 def test_cloudflare_records_are_found_before_created_so_nothing_doubles(app, bridge, cluster, clock, cloudflare):
-    app.config["CLOUDFLARE_API_URL"] = cloudflare.base_url
-    for zone_id, name in CLOUDFLARE_ZONES.items():
-        dns.create_zone({"name": name, "provider": "cloudflare", "account_id": "acc", "zone_id": zone_id,
-                         "api_token": cloudflare.token})
+    cloudflare_zones(app, cloudflare)
     register_cluster(cluster, **PRODUCT)
     vm, _ = deploy(bridge, cluster, clock)
     fqdn = f"{vm.name}.example.com"
@@ -123,9 +144,7 @@ def test_cloudflare_records_are_found_before_created_so_nothing_doubles(app, bri
 
 
 def test_hestia_records_are_relative_to_the_domain(app, bridge, cluster, clock, hestia):
-    for name in ("example.com", V4_ZONE, V6_ZONE):
-        dns.create_zone({"name": name, "provider": "hestiacp", "server_url": hestia.url[: -len("api/")],
-                         "admin_user": "admin", "admin_password": hestia.password, "owner_user": "admin"})
+    hestia_zones(hestia)
     register_cluster(cluster, **PRODUCT)
     vm, _ = deploy(bridge, cluster, clock)
     forward = hestia.find("admin", "example.com", vm.name)
@@ -352,47 +371,25 @@ def test_one_bad_reverse_name_fails_only_its_own_ptr_on_powerdns(app, bridge, cl
 
 def test_cloudflare_follows_a_change_package_and_a_terminate(app, bridge, cluster, clock, cloudflare):
     """Found in review: change package and terminate were tested on PowerDNS only."""
-    app.config["CLOUDFLARE_API_URL"] = cloudflare.base_url
-    for zone_id, name in CLOUDFLARE_ZONES.items():
-        dns.create_zone({"name": name, "provider": "cloudflare", "account_id": "acc", "zone_id": zone_id,
-                         "api_token": cloudflare.token})
+    cloudflare_zones(app, cloudflare)
     register_cluster(cluster, **PRODUCT)
     vm, _ = deploy(bridge, cluster, clock)
     forward_zone, reverse_zone = cloudflare.zone_id("example.com"), cloudflare.zone_id(V4_ZONE)
-    answer = bridge.call("ChangePackage", account_params(cluster, 5546, configoptions={"IPv4 Addresses": "1"}))
-    assert answer.get_json() == {"result": "success"}
-    clock.advance(60)
-    tick(clock, only="processVirtualMachines")
+    run_call(bridge, cluster, clock, "ChangePackage", configoptions={"IPv4 Addresses": "1"})
     assert sorted(r["content"] for r in cloudflare.records(forward_zone) if r["type"] == "A") == ["192.0.2.10"]
     assert [r["name"] for r in cloudflare.records(reverse_zone)] == [reverse_name("192.0.2.10")]
-    db.session.refresh(vm)
-    bridge.call("TerminateAccount", account_params(cluster, 5546))
-    clock.advance(60)
-    lines: list[str] = []
-    tick(clock, lines, only="processVirtualMachines")
-    db.session.refresh(vm)
-    assert vm.status == "remove", "\n".join(lines)
+    run_call(bridge, cluster, clock, "TerminateAccount", final="remove")
     assert cloudflare.records(forward_zone) == [] and cloudflare.records(reverse_zone) == []
     assert cloudflare.records(cloudflare.zone_id(V6_ZONE)) == []
 
 
 def test_hestia_follows_a_change_package_and_a_terminate(app, bridge, cluster, clock, hestia):
-    for name in ("example.com", V4_ZONE, V6_ZONE):
-        dns.create_zone({"name": name, "provider": "hestiacp", "server_url": hestia.url[: -len("api/")],
-                         "admin_user": "admin", "admin_password": hestia.password, "owner_user": "admin"})
+    hestia_zones(hestia)
     register_cluster(cluster, **PRODUCT)
     vm, _ = deploy(bridge, cluster, clock)
-    answer = bridge.call("ChangePackage", account_params(cluster, 5546, configoptions={"IPv4 Addresses": "1"}))
-    assert answer.get_json() == {"result": "success"}
-    clock.advance(60)
-    tick(clock, only="processVirtualMachines")
+    run_call(bridge, cluster, clock, "ChangePackage", configoptions={"IPv4 Addresses": "1"})
     assert sorted(r["VALUE"] for r in hestia.find("admin", "example.com", vm.name, "A")) == ["192.0.2.10"]
     assert hestia.find("admin", V4_ZONE, "11", "PTR") == []
-    bridge.call("TerminateAccount", account_params(cluster, 5546))
-    clock.advance(60)
-    lines: list[str] = []
-    tick(clock, lines, only="processVirtualMachines")
-    db.session.refresh(vm)
-    assert vm.status == "remove", "\n".join(lines)
+    run_call(bridge, cluster, clock, "TerminateAccount", final="remove")
     assert hestia.find("admin", "example.com", vm.name) == [] and hestia.find("admin", V4_ZONE, rtype="PTR") == []
     assert hestia.find("admin", V6_ZONE, rtype="PTR") == []
