@@ -396,3 +396,21 @@ def test_gunicorn_serves_the_bridge_from_several_processes(tmp_path):
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_a_production_app_puts_its_start_up_objects_out_of_the_collectors_way(tmp_path):
+    """gc.freeze() at the end of create_app outside tests: the full collections a 200-row page or a burst
+    of calls sets off no longer walk everything start-up built (bench/panel_pages.py shows the effect)."""
+    import gc
+
+    from app import create_app
+    gc.unfreeze()
+    try:
+        create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "t"), "REDIS_URL": None, "TICKER_SECONDS": 0,
+                    "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 't.sqlite3'}"})
+        assert gc.get_freeze_count() == 0  # tests build many apps: nothing of theirs is kept for ever
+        create_app({"INSTANCE_PATH": str(tmp_path / "p"), "REDIS_URL": None, "TICKER_SECONDS": 0,
+                    "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite3'}"})
+        assert gc.get_freeze_count() > 10000
+    finally:
+        gc.unfreeze()
