@@ -131,6 +131,11 @@ class _Abort(Exception):
         self.lines = lines
 
 
+# qemu-server's cloud-init options ($confdesc_cloudinit).
+CLOUDINIT_OPTION = re.compile(r'^(ipconfig\d+|nameserver|searchdomain|ciuser|cipassword|sshkeys|citype|ciupgrade|'
+                              r'cicustom)$')
+
+
 class Cluster(FakePve):
     """fakepve's FakePve with the parts of PVE a provisioning client needs and fakepve 0.5 lacks.
 
@@ -169,6 +174,7 @@ class Cluster(FakePve):
         return [('PUT', one + '/resize', self._pc_resize),
                 ('POST', one + '/migrate', self._pc_migrate),
                 ('GET', one + '/rrddata', self._pc_rrddata),
+                ('GET', one + '/cloudinit', self._pc_cloudinit),
                 ('POST', '/nodes/{node}/vzdump', self._pc_vzdump),
                 ('GET', '/nodes/{node}/status', self._pc_node_status)]
 
@@ -347,7 +353,32 @@ class Cluster(FakePve):
                     vm.config['name'] = vm.name = name
         return await self._pc_clone_timing(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
 
+    # ------------------------------------------------------------------ cloud-init
+
+    async def _pc_cloudinit(self, v, user):
+        """GET /nodes/{node}/qemu/{vmid}/cloudinit: each cloud-init option with its value on the drive and,
+        when it differs, what the next start will write (``pending``, or ``delete``)."""
+        vm = self.find(v['node'], v['vmid'])
+        applied = vm.__dict__.get('pc_cloudinit', {})
+        out = []
+        for key in sorted({k for k in vm.config if CLOUDINIT_OPTION.match(k)} | set(applied)):
+            item = {'key': key}
+            old, new = applied.get(key, vm.config.get(key)), vm.config.get(key)
+            if old is not None:
+                item['value'] = old
+            if old != new:
+                if new is None:
+                    item['delete'] = 1
+                else:
+                    item['pending'] = new
+            out.append(item)
+        return out
+
     # ------------------------------------------------------------------ power
+
+    async def _do_start(self, vm, user, p):
+        vm.__dict__.pop('pc_cloudinit', None)  # the start regenerates the cloud-init drive
+        return await super()._do_start(vm, user, p)
 
     async def _do_stop(self, vm, user, p):
         """qemu-server's vm_stop API: skiplock is for root@pam alone (an API token is refused it)."""
@@ -645,12 +676,25 @@ class Cluster(FakePve):
                 self._active_store(sid, vm.node)
                 p[key], volids = self._qm_new_drive(vm.vmid, key, value, None)
                 made.extend(volids)
+            cloudinit_keys = [k for k in list(p) + split_list(p.get('delete')) if CLOUDINIT_OPTION.match(k)]
+            before = {k: vm.config.get(k) for k in cloudinit_keys}
             await super()._apply_config(vm, user, p)
         except BaseException:
             for volid in made:
                 self._qm_free(volid)
             raise
         if vm.status == 'running':
+            # qemu-server treats every cloud-init option as fast-plug: on a running VM it goes straight into
+            # the config (not /pending); the values the guest's drive was made from are kept aside (the
+            # config's [special:cloudinit]) until the next start regenerates the drive (see /cloudinit).
+            applied = vm.__dict__.setdefault('pc_cloudinit', {})
+            for key in cloudinit_keys:
+                applied.setdefault(key, before[key])
+                new = vm.pending.pop(key, vm.config.get(key))
+                if new is None:
+                    vm.config.pop(key, None)
+                else:
+                    vm.config[key] = new
             return
         for key in split_list(p.get('delete')):
             if key in old and key not in vm.config and (DRIVE_KEY.match(key) or UNUSED_KEY.match(key)):

@@ -54,11 +54,21 @@ CLOUDINIT_KEY = re.compile(r"^(ipconfig\d+|nameserver|searchdomain|ciuser|cipass
 
 
 def _cloudinit_pending(ctx: StepContext) -> bool:
-    """Whether cloud-init settings wait for the next start (Proxmox's /pending): a running guest keeps its
-    old addresses until then, while the pool may already hand a released one to another VM."""
+    """Whether cloud-init settings wait for the next start: a running guest keeps its old addresses until
+    then, while the pool may already hand a released one to another VM. Proxmox writes cloud-init options
+    of a running VM into its config at once and lists what the drive does not have yet under /cloudinit
+    (PVE 7.2 and later); an older one keeps them in /pending."""
     vm = ctx.vm
+    pve = ctx.pve()
+    try:
+        items = pve.get("nodes", vm.node, "qemu", vm.vmid, "cloudinit") or []
+    except ProxmoxError as exc:
+        if exc.status not in (400, 404, 501):  # only "no such call here" means an older Proxmox
+            raise
+        items = []
+    items += pve.get("nodes", vm.node, "qemu", vm.vmid, "pending") or []
     return any(CLOUDINIT_KEY.match(str(item.get("key", ""))) and ("pending" in item or item.get("delete"))
-               for item in ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "pending") or [])
+               for item in items)
 
 
 def cp_update_ip(ctx: StepContext) -> StepResult:

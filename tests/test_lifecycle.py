@@ -154,6 +154,7 @@ def test_a_retried_address_change_still_reaches_cloud_init(app, bridge, cluster,
     # since an address change alone did not stop the VM: now it is restarted and nothing is left pending
     assert "ip6" not in guest.config["ipconfig0"] and not guest.pending and guest.status == "running"
     assert "cloud-init" in "\n".join(lines)
+    assert not guest.__dict__.get("pc_cloudinit")  # restarted: the guest's drive has the new addresses
     assert [a.family for a in ipam.assigned(5546)] == [4]
 
 
