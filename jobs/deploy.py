@@ -221,12 +221,18 @@ def _claim_vmid(ctx: StepContext) -> None:
     raise StepFailed("could not reserve a free VMID")
 
 
-def send_mail(ctx: StepContext, template: str, customvars: dict, what: str) -> StepResult:
-    """A WHMCS email template to the service's client; a mail that cannot go out is noted, never fatal."""
+def send_mail(ctx: StepContext, template: str, customvars: dict, what: str, must_reach: bool = False) -> StepResult:
+    """A WHMCS email template to the service's client; a mail that cannot go out is noted, never fatal,
+    unless it ``must_reach`` the client: then a WHMCS API that refused it or did not answer fails the step
+    (tried again next tick). With no WHMCS API set up at all there is nobody to send through: a note."""
     if template:
         try:
             whmcs.send_email(template, ctx.service.id, customvars)
+        except whmcs.WhmcsNotConfigured as exc:
+            return Done(f"{what} email not sent: {exc}")
         except whmcs.WhmcsError as exc:
+            if must_reach:
+                raise StepFailed(f"{what} email not sent: {exc}") from None
             return Done(f"{what} email not sent: {exc}")
     return Done()
 
@@ -484,12 +490,9 @@ def verify_running(ctx: StepContext) -> StepResult:
         if isinstance(outcome, Wait):  # a runner with a short wait per pass: polled on the next one
             return outcome
         ensure_running(ctx)
-    # The client's only way to their VM: a mail WHMCS did not take keeps the VM at `starting`, with the
+    # The client's way to their VM: a mail the WHMCS API did not take keeps the VM at `starting`, with the
     # reason in the log and the red banner, and the next tick sends it again.
-    done = send_mail(ctx, ctx.package.email_vm_ready, access_parameters(ctx), "VM ready")
-    if done.note:
-        raise StepFailed(done.note)
-    return done
+    return send_mail(ctx, ctx.package.email_vm_ready, access_parameters(ctx), "VM ready", must_reach=True)
 
 
 def access_parameters(ctx: StepContext) -> dict[str, str]:

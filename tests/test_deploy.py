@@ -704,3 +704,15 @@ def test_a_huge_step_error_is_kept_cut_short_on_mariadb_too(tmp_path, cluster, c
             db.engine.dispose()
     finally:
         drop()
+
+
+def test_without_a_whmcs_api_set_up_the_vm_ready_email_is_only_noted(app, bridge, cluster, clock):
+    """Found in review: with the product's default email templates and no WHMCS API set up (a fresh
+    install), holding the VM back until its email went out kept every VM at `starting` for ever."""
+    register_cluster(cluster, **dict(FULL_PRODUCT, email_vm_ready="puqProxmoxKVM VM Ready"))
+    bridge.call("CreateAccount", account_params(cluster, 96))
+    lines: list[str] = []
+    tick(clock, lines)
+    vm, _guest = deployed(cluster, 96)
+    assert vm.status == "ready", "\n".join(lines)
+    assert any("VM ready email not sent" in line for line in lines)
