@@ -6,6 +6,7 @@ import logging
 import secrets
 import threading
 from datetime import timedelta
+from typing import Callable
 
 from flask import current_app
 
@@ -46,11 +47,11 @@ def vm_job_id(service_id: int) -> str:
 ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 
 
-def _job_active(job_id: str, queue) -> bool:
+def _job_active(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bool:
     """Whether the job of this id waits or runs (enqueueing it again would overwrite it). A "started" job
     whose worker died without a word (killed, its machine lost) stops counting once RQ's heartbeat for it
-    has expired: RQ's own cleanup marks it failed then, rather than at a worker's next maintenance, up to
-    10 minutes later."""
+    has expired (RQ's own cleanup marks it failed then, rather than at a worker's next maintenance), or
+    at once when ``lapsed`` says the work it holds has been let go."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     try:
@@ -63,7 +64,21 @@ def _job_active(job_id: str, queue) -> bool:
     if status == "started":
         queue.started_job_registry.cleanup()
         status = job.get_status(refresh=True)
+        if status == "started" and lapsed is not None and lapsed():
+            return False
     return status in ACTIVE_JOB_STATES
+
+
+def _lease_lapsed(service_id: int) -> bool:
+    """Whether nobody holds the VM's lease now. A VM job holds it from its start to its end and renews it
+    as it goes, so a job RQ still calls "started" over a lapsed lease is dead, even where RQ's heartbeat
+    would say so only an hour later (a SimpleWorker's is the job's timeout plus a minute)."""
+    from sqlalchemy import select
+
+    from .extensions import db
+    from .models import VM, utcnow
+    lease = db.session.scalar(select(VM.lease_until).where(VM.service_id == service_id))
+    return lease is None or lease < utcnow()
 
 
 def enqueue_vm(service_id: int, delay: float = 0) -> bool:
@@ -80,7 +95,7 @@ def enqueue_vm(service_id: int, delay: float = 0) -> bool:
                          job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
                          failure_ttl=86400, job_timeout=VM_JOB_TIMEOUT)
         return True
-    if _job_active(vm_job_id(service_id), queue):
+    if _job_active(vm_job_id(service_id), queue, lapsed=lambda: _lease_lapsed(service_id)):
         return False
     queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
                   job_timeout=VM_JOB_TIMEOUT)
