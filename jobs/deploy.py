@@ -193,6 +193,10 @@ def clone(ctx: StepContext) -> StepResult:
         storage = pkg.system_disk_storage if full else None
         if storage and not storage_on_node(pve, storage, template_node):
             # Proxmox clones onto the template's node only; the migration's targetstorage moves the disk.
+            if not settings.get("migration_enabled"):
+                raise StepFailed(f"storage {storage} is not on the template's node {template_node} and the "
+                                 "migration after the clone is off: turn it on (Settings) or choose a storage "
+                                 f"{template_node} has")
             ctx.out.line(f"    storage {storage} is not on {template_node}: cloned to the template's storage, "
                          "the migration moves the disk")
             storage = None

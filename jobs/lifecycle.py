@@ -83,8 +83,12 @@ def cp_update_ip(ctx: StepContext) -> StepResult:
     counts = {4: pkg.ipv4_count, 6: pkg.ipv6_count}
     surplus = [a.address for family, count in counts.items() for a in [h for h in held if h.family == family][count:]]
     if surplus:
-        # Their PTRs go before the addresses do: once handed back, an address may be another VM's.
-        dns.delete_records(dns.Target(ctx.service.id, "", surplus, {}), ctx.out.line)
+        # Their PTRs go before the addresses do: once handed back, an address may be another VM's. A reverse
+        # zone that could not delete them keeps the addresses here until it can (the next tick).
+        gone = dns.delete_records(dns.Target(ctx.service.id, "", surplus, {}), ctx.out.line)
+        if gone.reverse_err:
+            raise StepFailed(f"the PTRs of {', '.join(surplus)} could not be deleted ({gone.note}); the addresses "
+                             "are handed back once they are")
         for family, count in counts.items():
             ipam.release(ctx.service.id, family, keep=count)
     try:
@@ -293,6 +297,7 @@ def terminate(ctx: StepContext) -> StepResult:
                     # backup say), and answers a UPID only when it runs longer.
                     running = pve.delete("nodes", backup_node, "storage", storage, "content", volid,
                                          delay=BACKUP_DELETE_WAIT)
+                    ctx.keep_lease()  # each removal may take its 30 s: the lease must outlast them all
                     out.line(f"    backup removed: {volid}" if not running else
                              f"    backup removal started: {volid}")
                 summary = dns.delete_records(dns_target(ctx), out.line)

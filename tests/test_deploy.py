@@ -638,6 +638,16 @@ def test_a_system_disk_storage_the_template_node_lacks_is_reached_through_the_mi
     assert vm.status == "ready", "\n".join(lines)
     assert "storage fast-pve2 is not on pve1: cloned to the template's storage" in "\n".join(lines)
     assert pve_vm.node == "pve2" and pve_vm.config["scsi0"].startswith(f"fast-pve2:vm-{vm.vmid}-disk-")
+    # with the migration off nothing would move the disk: the deploy says so rather than put it elsewhere
+    settings.update({"migration_enabled": False})
+    bridge.call("CreateAccount", account_params(cluster, 97))
+    lines.clear()
+    clock.advance(60)
+    tick(clock, lines)
+    vm, pve_vm = deployed(cluster, 97)
+    assert vm.status == "set_dns" and pve_vm is None, "\n".join(lines)
+    assert "storage fast-pve2 is not on the template's node pve1 and the migration after the clone is off" in \
+        vm.last_error_message
 
 
 def test_a_vm_ready_email_whmcs_refuses_is_sent_on_a_later_tick(app, bridge, cluster, clock, whmcs_api):

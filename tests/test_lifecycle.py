@@ -759,3 +759,32 @@ def test_a_failed_address_change_leaves_no_ptr_on_an_address_it_gave_back(app, b
     assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
     assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == []  # gone with the address, despite the failure
     assert "192.0.2.11" not in (vm.rev_dns or {})
+
+
+def test_addresses_go_back_only_once_their_ptrs_are_deleted(app, bridge, cluster, clock, powerdns):
+    """Found in review: the PTRs of the addresses a change package hands back were deleted first, but their
+    failure (a reverse zone that does not answer) did not stop the hand-back: the PTR stayed, and the retry
+    no longer knew about it. The step now waits for the PTRs, keeping the addresses until then."""
+    from core.models import DnsZone
+    zones = {}
+    for zone in ("example.com", "2.0.192.in-addr.arpa"):
+        powerdns.create_zone(zone)
+        zones[zone] = dns.create_zone({"name": zone, "provider": "powerdns", "server_url": powerdns.url,
+                                       "api_key": powerdns.api_key})
+    register_cluster(cluster, **{**PRODUCT, "ipv4_count": 2})
+    vm = deployed(bridge, cluster, clock)
+    reverse = db.session.get(DnsZone, zones["2.0.192.in-addr.arpa"].id)
+    dns.update_zone(reverse, {"name": reverse.name, "provider": "powerdns", "server_url": powerdns.url,
+                              "api_key": "a-key-that-powerdns-refuses"})
+    lines = change(bridge, cluster, clock, {"IPv4 Addresses": "1"})
+    db.session.refresh(vm)
+    assert vm.status == "change_package" and "could not be deleted" in vm.last_error_message, "\n".join(lines)
+    assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10", "192.0.2.11"]  # kept until then
+    dns.update_zone(reverse, {"name": reverse.name, "provider": "powerdns", "server_url": powerdns.url,
+                              "api_key": powerdns.api_key})
+    clock.advance(60)
+    tick(clock, lines, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
+    assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == []
