@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -45,10 +46,16 @@ def id_from_text(text: str) -> int | None:
 
 
 class UTCDateTime(TypeDecorator):
-    """Naive UTC datetimes on every backend (SQLite and MariaDB keep no zone)."""
+    """Naive UTC datetimes on every backend (SQLite and MariaDB keep no zone), to the microsecond (MariaDB's
+    plain DATETIME keeps whole seconds: DATETIME(6) there)."""
 
     impl = DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is not None:

@@ -62,3 +62,31 @@ def test_a_table_rebuild_on_sqlite_keeps_the_rows_that_point_at_it(tmp_path):
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
+def test_datetimes_keep_their_microseconds_on_every_backend(tmp_path, kind):
+    """Found in review: MariaDB's plain DATETIME kept whole seconds, so a lease read back there ended up to a
+    second before it was written; migration 0006 makes it DATETIME(6)."""
+    from datetime import datetime, timezone
+
+    from core.models import CronTask
+    url, drop = database_url(kind, tmp_path)
+    app = make_app(tmp_path, url)
+    try:
+        with app.app_context():
+            db.drop_all()
+            upgrade()
+            when = datetime(2026, 4, 10, 3, 50, 0, 999_999, tzinfo=timezone.utc)
+            db.session.add(CronTask(name="processVirtualMachines", last_run_at=when))
+            db.session.commit()
+            db.session.expire_all()
+            stored = db.session.get(CronTask, "processVirtualMachines").last_run_at
+            assert stored.replace(tzinfo=timezone.utc) == when
+            db.session.remove()
+            downgrade(revision="0005")
+            upgrade()
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        drop()
