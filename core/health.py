@@ -4,11 +4,10 @@ balancer or a monitor."""
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from .extensions import db
 from .models import CronTask, utcnow
@@ -48,23 +47,16 @@ def health() -> dict:
     return report
 
 
-# Leases and the cron lock compare times written by different machines: a clock this far off lets one
-# machine take another's live lease.
+# Leases and the cron lock take their time from the database server (core.clock), but a machine whose own
+# clock is this far off wants fixing (its logs, and its offset between two measurements).
 CLOCK_SKEW_LIMIT = 30.0
-
-_DB_EPOCH = {"postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
-             "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))", "mariadb": "SELECT UNIX_TIMESTAMP(NOW(6))"}
 
 
 def clock_skew() -> float | None:
     """The database server's clock minus this machine's, in seconds (None on SQLite)."""
-    query = _DB_EPOCH.get(db.engine.dialect.name)
-    if query is None:
-        return None
-    before = time.time()
-    theirs = float(db.session.execute(text(query)).scalar())
-    db.session.rollback()
-    return round(theirs - (before + time.time()) / 2, 1)
+    from .clock import skew
+    measured = skew()
+    return None if measured is None else round(measured, 1)
 
 
 def verdict(report: dict) -> str:

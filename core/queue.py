@@ -75,10 +75,11 @@ def _lease_lapsed(service_id: int) -> bool:
     would say so only an hour later (a SimpleWorker's is the job's timeout plus a minute)."""
     from sqlalchemy import select
 
+    from . import clock
     from .extensions import db
-    from .models import VM, utcnow
+    from .models import VM
     lease = db.session.scalar(select(VM.lease_until).where(VM.service_id == service_id))
-    return lease is None or lease < utcnow()
+    return lease is None or lease < clock.now()
 
 
 def enqueue_vm(service_id: int, delay: float = 0) -> bool:

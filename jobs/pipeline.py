@@ -29,9 +29,10 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from core import clock as db_clock
 from core import ipam, settings
 from core.extensions import db
-from core.models import VM, IPPool, Server, Service, VMRun, utcnow
+from core.models import VM, IPPool, Server, Service, VMRun
 from core.products import Package, PackageError, resolve_package
 from core.proxmox.client import ProxmoxError, Pve, endpoint_for, task_outcome
 from core.vault import unseal
@@ -50,7 +51,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return utcnow()
+        return db_clock.now()  # the database server's time: leases are compared across machines
 
     def monotonic(self) -> float:
         return time.monotonic()

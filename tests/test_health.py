@@ -79,7 +79,7 @@ def test_a_clock_far_from_the_database_servers_is_reported(tmp_path, monkeypatch
     database server's and is degraded beyond 30 s."""
     import time
 
-    import core.health
+    import core.clock
     from tests.conftest import database_url
     url, drop = database_url(kind, tmp_path)
     app = make_app(tmp_path, url)
@@ -89,11 +89,58 @@ def test_a_clock_far_from_the_database_servers_is_reported(tmp_path, monkeypatch
             status, body = healthz(app)
             assert body["status"] == "ok" and abs(body["clock_skew"]) < 5, body
             real = time.time
-            monkeypatch.setattr(core.health.time, "time", lambda: real() + 120)  # this machine runs ahead
+            monkeypatch.setattr(core.clock.time, "time", lambda: real() + 120)  # this machine runs ahead
             status, body = healthz(app)
             assert status == 200 and body["status"] == "degraded" and -125 < body["clock_skew"] < -115, body
             monkeypatch.undo()
             from core.extensions import db
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        drop()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_leases_follow_the_database_servers_clock_not_the_machines(tmp_path, monkeypatch, kind):
+    """Found in review: each machine stamped and compared leases with its own clock, so a worker whose clock
+    ran three minutes ahead took a live lease of another (and the cron lock likewise). The runners' clock
+    is the database server's now: this machine's time plus its measured offset."""
+    import time
+    from datetime import timedelta
+
+    from core import clock as db_clock
+    from core.extensions import db
+    from core.models import VM, Client, Product, Server, Service
+    from jobs.pipeline import SystemClock, claim
+    from tests.conftest import database_url
+    url, drop = database_url(kind, tmp_path)
+    app = make_app(tmp_path, url)
+    try:
+        with app.app_context():
+            db.session.add_all([Server(id=1, name="s", hostname="h", token_id="a@pam!t", token_secret="x"),
+                                Client(id=1), Product(id=1, name="p", settings={})])
+            db.session.flush()
+            db.session.add(Service(id=7, client_id=1, product_id=1, server_id=1, status="Active"))
+            db.session.flush()
+            db.session.add(VM(service_id=7, server_id=1, name="vm", status="creation"))
+            db.session.commit()
+            db_clock.forget()
+            assert claim(7, "worker-a", 185, SystemClock())  # a machine on time
+            real = time.time
+            from core.models import utcnow
+            # another machine, 200 s ahead: whichever way its clock is read
+            monkeypatch.setattr(db_clock.time, "time", lambda: real() + 200)
+            monkeypatch.setattr("jobs.pipeline.utcnow", lambda: utcnow() + timedelta(seconds=200), raising=False)
+            db_clock.forget()
+            ahead = SystemClock().now()  # this test machine's own clock is the database server's
+            assert abs((ahead - utcnow()).total_seconds()) < 5  # its clock, set to the database's
+            assert not claim(7, "worker-b", 185, SystemClock())  # so it does not take the live lease
+            vm = db.session.get(VM, 7)
+            vm.lease_until = vm.lease_until - timedelta(seconds=190)  # ... until it really runs out
+            db.session.commit()
+            assert claim(7, "worker-b", 185, SystemClock())
+            monkeypatch.undo()
+            db_clock.forget()
             db.session.remove()
             db.engine.dispose()
     finally:
