@@ -86,6 +86,9 @@ def run_step_job(service_id: int, source: str) -> dict:
         vm = db.session.get(VM, service_id)
         pipeline_task = vm.task_upid if vm is not None else None
         try:
+            refused = _step_refused(vm, source)
+            if refused:
+                return {"result": "error", "message": refused}
             try:
                 done = step.run(StepContext(vm, out, out.clock, None))
             except (StepFailed, ProxmoxError) as exc:
@@ -107,3 +110,20 @@ def run_step_job(service_id: int, source: str) -> dict:
         return run()
     with _get_app().app_context():
         return run()
+
+
+def _step_refused(vm, source: str) -> str:
+    """Why a one-step command may not run on this VM now ("" when it may): only on a VM that is deployed or
+    being deployed, of a service that is not ended (a VMClone after a terminate made an untracked VM), and
+    never a start for a suspended one."""
+    from .deploy import DEPLOY
+    if vm is None:
+        return "this service has no VM"
+    if vm.status != "ready" and vm.status not in {step.source for step in DEPLOY.steps}:
+        return f"the VM is {vm.status}: a single deploy step runs only on a VM that is ready or being deployed"
+    status = vm.service.status if vm.service is not None else ""
+    if status in ("Terminated", "Cancelled", "Fraud"):
+        return f"the service is {status}"
+    if status == "Suspended" and source == "set_cloudinit":
+        return "the service is suspended: its VM stays off"
+    return ""

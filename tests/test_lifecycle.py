@@ -788,3 +788,23 @@ def test_addresses_go_back_only_once_their_ptrs_are_deleted(app, bridge, cluster
     assert vm.status == "ready", "\n".join(lines)
     assert [a.address for a in ipam.assigned(5546)] == ["192.0.2.10"]
     assert powerdns.dig(reverse_name("192.0.2.11"), "PTR") == []
+
+
+def test_one_step_commands_leave_ended_services_and_busy_vms_alone(app, bridge, cluster, clock):
+    """Found in review: a one-step command ran whatever the VM's status: VMClone after a terminate made a
+    VM nothing tracked, VMStart started a suspended service's VM."""
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    assert bridge.call("SuspendAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    answer = bridge.call("VMStart", account_params(cluster, 5546, status="Suspended")).get_json()
+    assert answer["result"] == "error" and "suspended" in answer["message"]
+    assert cluster.pve.vm(vm.vmid).status == "stopped"
+    bridge.call("TerminateAccount", account_params(cluster, 5546, status="Suspended"))
+    tick(clock, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "remove"
+    vms_before = len(cluster.pve.vms)
+    for command in ("VMClone", "VMSetDedicatedIp", "VMStart"):
+        answer = bridge.call(command, account_params(cluster, 5546, status="Terminated")).get_json()
+        assert answer["result"] == "error" and "the VM is remove" in answer["message"], (command, answer)
+    assert len(cluster.pve.vms) == vms_before and ipam.assigned(5546) == []
