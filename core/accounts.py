@@ -119,6 +119,8 @@ def parse_server(payload: dict, errors: dict, require_id: bool = True) -> Server
     token_secret = _str(payload, "serverpassword", errors, limit=4096)
     if not token_secret:
         errors["serverpassword"] = "is required (the API token secret)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in token_secret):
+        errors["serverpassword"] = "must not hold control characters (a line break pasted with the secret?)"
     access = _str(payload, "serveraccesshash", errors, limit=TEXT_LIMIT)
     ca_pem = None
     if "BEGIN CERTIFICATE" in access:

@@ -86,3 +86,18 @@ def test_nested_client_details_are_ignored_not_refused(bridge):
     configure_product()
     payload = params(clientsdetails={"firstname": "Ada", "customfields": [{"id": 1, "value": "x"}]})
     assert bridge.call("CreateAccount", payload).get_json()["result"] == "success"
+
+
+def test_a_secret_with_a_line_break_is_refused_and_never_echoed(bridge, fakepve, fakepve_cafile):
+    """Found in review: a token secret pasted with a line break made the HTTP client refuse the header, and
+    its error, which quotes the whole Authorization header, went into the answer and the logs."""
+    from core.proxmox.client import Endpoint, ProxmoxError, Pve
+    answer = bridge.call("TestConnection", server_params(fakepve, fakepve_cafile, serverpassword="TOP-SECRET\n"))
+    assert answer.status_code == 400 and "control characters" in answer.get_json()["errors"]["serverpassword"]
+    assert "TOP-SECRET" not in answer.get_data(as_text=True)
+    # one stored before this check: the error of every call says what failed, without the secret
+    pve = Pve(Endpoint("127.0.0.1", fakepve.port, "root@pam!whmcs", "TOP-SECRET\r", True, fakepve_cafile))
+    with pytest.raises(ProxmoxError) as failed:
+        pve.get("version")
+    assert "TOP-SECRET" not in failed.value.message and "********" in failed.value.message
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__  # nor in a logged traceback

@@ -135,7 +135,13 @@ class Pve:
         try:
             return getattr(resource, method)(**clean(params))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProxmoxError
-            raise _describe(exc) from exc
+            error = _describe(exc)
+            # An unexpected error may quote the Authorization header (with the secret escaped, as in a
+            # repr): its core, stripped of what was around it, never shows.
+            secret = (self.endpoint.token_secret or "").strip()
+            if secret and secret in error.message:
+                error = ProxmoxError(error.message.replace(secret, "********"), error.status, error.errors)
+            raise error from None
 
     def get(self, *path: Any, **params: Any) -> Any:
         return self._call("get", path, params)
