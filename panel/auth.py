@@ -44,6 +44,12 @@ def login():
         if admin is None:
             flash(_("Wrong user name or password."), "error")
             return render_template("login.html", form=form), 401
+        # A fresh session for the login: nothing from before it (a CSRF token planted with a cookie) carries
+        # over; the language picked on the login page does.
+        locale = session.get("locale")
+        session.clear()
+        if locale:
+            session["locale"] = locale
         session.permanent = True
         session["login_at"] = time.time()
         login_user(admin)
@@ -53,6 +59,10 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    """The panel's sessions live in a signed cookie: logging out ends every session of this admin (its
+    session version moves on), so that a copy of the cookie stops working too."""
+    if current_user.is_authenticated:
+        admins.end_sessions(current_user)
     logout_user()
     session.clear()
     return redirect(url_for("panel.login"))

@@ -508,3 +508,26 @@ def test_product_page_checks_the_templates_node_and_the_target_nodes_storage(log
     product = db.session.get(Product, 1)
     db.session.refresh(product)
     assert (product.settings["email_upgrade"], product.settings["email_reset_password"]) == ("My Upgrade", "My Reset")
+
+
+def test_logging_out_ends_a_copied_session_and_logging_in_starts_a_fresh_one(app, admin):
+    """Found in review: the session is a signed cookie, so a copy of it kept working for 12 hours after
+    logout; and the CSRF token of the session before the login (one an attacker could plant) carried over."""
+    from tests.conftest import FreshContextClient
+    app.test_client_class = FreshContextClient
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    before = csrf_of(page)
+    assert client.post("/login", data={"username": "root", "password": PASSWORD, "csrf_token": before}).status_code == 302
+    seed_fleet(1)
+    after = csrf_of(client.get("/vms").get_data(as_text=True))
+    assert after != before
+    refused = client.post("/vms/5546/reset", data={"csrf_token": before, "status": "creation"})
+    assert refused.status_code == 400  # the pre-login token does not work after the login
+    cookie = client.get_cookie("session").value
+    copy = app.test_client()
+    copy.set_cookie("session", cookie)
+    assert copy.get("/vms").status_code == 200
+    client.post("/logout", data={"csrf_token": after})
+    answer = copy.get("/vms")
+    assert answer.status_code == 302 and "/login" in answer.headers["Location"]
