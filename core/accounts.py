@@ -552,6 +552,13 @@ def redeploy(params: AccountParams) -> VM:
     return vm
 
 
+def customer_vm(server_id: int, vmid: int) -> bool:
+    """Whether the VMID is (or was) a service's VM on this server: never cloned for another client, even
+    once made into a template."""
+    return db.session.scalar(select(VM.service_id).where(VM.server_id == server_id, VM.vmid == vmid)
+                             .limit(1)) is not None
+
+
 def reinstall(params: AccountParams, template: int | None = None) -> VM:
     """Reinstall (admin button or client area): the VM is removed and cloned again, from the template the
     client chose or the package's, keeping its VMID, MAC and addresses; queued for the next tick."""
@@ -573,6 +580,8 @@ def reinstall(params: AccountParams, template: int | None = None) -> VM:
             raise AccountError(f"the template cannot be checked now: {exc.message}") from None
         if found is None or not found.get("template"):
             raise AccountError(f"{template} is not a template on the cluster")
+        if customer_vm(vm.server_id, template):
+            raise AccountError(f"{template} is a service's VM made into a template, not an OS template")
     vm.os_template = template
     db.session.commit()
     _queue(vm, "reinstall")

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from sqlalchemy.exc import IntegrityError
 
 from core import dns, ipam, settings, whmcs
+from core.accounts import customer_vm
 from core.extensions import db
 from core.models import IPAddress
 from core.products import Package
@@ -158,6 +159,8 @@ def template_of(ctx: StepContext) -> tuple[int, str]:
         found = vm_location(ctx.pve(), chosen)
         if found is None or not found.get("template"):
             raise StepFailed(f"template {chosen} is not a template on the cluster")
+        if customer_vm(vm.server_id, chosen):
+            raise StepFailed(f"template {chosen} is a service's VM made into a template, not an OS template")
         return chosen, found["node"]
     if not pkg.template_vmid or not pkg.template_node:
         raise StepFailed("the product has no OS template (template VMID and node) set")

@@ -808,3 +808,24 @@ def test_one_step_commands_leave_ended_services_and_busy_vms_alone(app, bridge, 
         answer = bridge.call(command, account_params(cluster, 5546, status="Terminated")).get_json()
         assert answer["result"] == "error" and "the VM is remove" in answer["message"], (command, answer)
     assert len(cluster.pve.vms) == vms_before and ipam.assigned(5546) == []
+
+
+def test_a_reinstall_never_clones_another_services_vm_made_into_a_template(app, bridge, cluster, clock):
+    """Found in review: a service's VM that an admin made into a template (Proxmox's Convert to template)
+    passed the "is a template" check, and another client could reinstall from that customer's disk."""
+    register_cluster(cluster, **PRODUCT)
+    deployed(bridge, cluster, clock, service_id=5546)
+    clock.advance(60)
+    other = deployed(bridge, cluster, clock, service_id=5547, userid=8)
+    cluster.pve.vm(other.vmid).template = True
+    answer = bridge.call("Reinstall", {**account_params(cluster, 5546), "template": other.vmid}).get_json()
+    assert answer["result"] == "error" and "a service's VM made into a template" in answer["message"]
+    vm = db.session.get(VM, 5546)
+    vm.os_template, vm.status = other.vmid, "reinstall"  # and should one get through, the pipeline refuses it
+    db.session.commit()
+    clones = len([r for r in cluster.pve.requests if r[0] == "POST" and r[1].endswith("/clone")])
+    clock.advance(60)
+    tick(clock, only="processVirtualMachines")
+    db.session.refresh(vm)
+    assert vm.status == "reinstall" and "made into a template" in vm.last_error_message
+    assert len([r for r in cluster.pve.requests if r[0] == "POST" and r[1].endswith("/clone")]) == clones
