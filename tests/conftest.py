@@ -366,6 +366,18 @@ def finish_migrations(pve, released: threading.Event, timeout: float = 10) -> No
         time.sleep(0.01)
 
 
+def one_vm(status: str = "ready", service_id: int = 7) -> None:
+    """The smallest consistent fleet: one server, client, product and service, and its VM row."""
+    from core.models import VM, Client, Product, Server, Service
+    _db.session.add_all([Server(id=1, name="s", hostname="h", token_id="a@pam!t", token_secret="x"),
+                         Client(id=1), Product(id=1, name="p", settings={})])
+    _db.session.flush()
+    _db.session.add(Service(id=service_id, client_id=1, product_id=1, server_id=1, status="Active"))
+    _db.session.flush()
+    _db.session.add(VM(service_id=service_id, server_id=1, name="vm", status=status))
+    _db.session.commit()
+
+
 def register_cluster(cluster: ServedCluster, server_id: int = 1, pools: bool = True, **product) -> None:
     """Store the served cluster as a server with IPv4/IPv6 pools and product 1, as the panel would."""
     from pathlib import Path

@@ -110,20 +110,14 @@ def test_leases_follow_the_database_servers_clock_not_the_machines(tmp_path, mon
 
     from core import clock as db_clock
     from core.extensions import db
-    from core.models import VM, Client, Product, Server, Service
+    from core.models import VM
     from jobs.pipeline import SystemClock, claim
-    from tests.conftest import database_url
+    from tests.conftest import database_url, one_vm
     url, drop = database_url(kind, tmp_path)
     app = make_app(tmp_path, url)
     try:
         with app.app_context():
-            db.session.add_all([Server(id=1, name="s", hostname="h", token_id="a@pam!t", token_secret="x"),
-                                Client(id=1), Product(id=1, name="p", settings={})])
-            db.session.flush()
-            db.session.add(Service(id=7, client_id=1, product_id=1, server_id=1, status="Active"))
-            db.session.flush()
-            db.session.add(VM(service_id=7, server_id=1, name="vm", status="creation"))
-            db.session.commit()
+            one_vm("creation")
             db_clock.forget()
             assert claim(7, "worker-a", 185, SystemClock())  # a machine on time
             real = time.time

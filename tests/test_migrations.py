@@ -1,6 +1,8 @@
 """The Alembic migrations build exactly the schema the models describe, on every backend."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
@@ -12,26 +14,32 @@ from tests.conftest import database_url, make_app
 import pytest
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
-def test_upgrade_matches_models_and_downgrades(tmp_path, kind):
+@contextmanager
+def migrated(tmp_path, kind: str):
+    """An app on a fresh database of that kind, built by the migrations (not by create_all)."""
     url, drop = database_url(kind, tmp_path)
     app = make_app(tmp_path, url)
     try:
         with app.app_context():
             db.drop_all()
             upgrade()
-            tables = set(inspect(db.engine).get_table_names())
-            assert {"vm_info", "ip_addresses", "ip_pools", "services", "bridge_nonces"} <= tables
-            with db.engine.connect() as conn:
-                diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                        db.metadata)
-            assert diff == []
-            downgrade(revision="base")
-            assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
+            yield app
             db.session.remove()
             db.engine.dispose()
     finally:
         drop()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
+def test_upgrade_matches_models_and_downgrades(tmp_path, kind):
+    with migrated(tmp_path, kind):
+        tables = set(inspect(db.engine).get_table_names())
+        assert {"vm_info", "ip_addresses", "ip_pools", "services", "bridge_nonces"} <= tables
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata)
+        assert diff == []
+        downgrade(revision="base")
+        assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
 
 
 def test_a_table_rebuild_on_sqlite_keeps_the_rows_that_point_at_it(tmp_path):
@@ -43,14 +51,9 @@ def test_a_table_rebuild_on_sqlite_keeps_the_rows_that_point_at_it(tmp_path):
     with app.app_context():
         db.drop_all()
         upgrade()
-        from core.models import VM, Client, Product, Server, Service, VMRun
-        db.session.add_all([Server(id=1, name="s", hostname="h", token_id="a@pam!t", token_secret="x"),
-                            Client(id=1), Product(id=1, name="p", settings={})])
-        db.session.flush()
-        db.session.add(Service(id=7, client_id=1, product_id=1, server_id=1, status="Active"))
-        db.session.flush()
-        db.session.add(VM(service_id=7, server_id=1, name="vm", status="ready"))
-        db.session.flush()
+        from core.models import VMRun
+        from tests.conftest import one_vm
+        one_vm("ready")
         db.session.add_all([VMRun(service_id=7, action="deploy", from_status="creation", to_status="ready",
                                   result="success", steps=[]) for _ in range(3)])
         db.session.commit()
@@ -71,22 +74,13 @@ def test_datetimes_keep_their_microseconds_on_every_backend(tmp_path, kind):
     from datetime import datetime, timezone
 
     from core.models import CronTask
-    url, drop = database_url(kind, tmp_path)
-    app = make_app(tmp_path, url)
-    try:
-        with app.app_context():
-            db.drop_all()
-            upgrade()
-            when = datetime(2026, 4, 10, 3, 50, 0, 999_999, tzinfo=timezone.utc)
-            db.session.add(CronTask(name="processVirtualMachines", last_run_at=when))
-            db.session.commit()
-            db.session.expire_all()
-            stored = db.session.get(CronTask, "processVirtualMachines").last_run_at
-            assert stored.replace(tzinfo=timezone.utc) == when
-            db.session.remove()
-            downgrade(revision="0005")
-            upgrade()
-            db.session.remove()
-            db.engine.dispose()
-    finally:
-        drop()
+    with migrated(tmp_path, kind):
+        when = datetime(2026, 4, 10, 3, 50, 0, 999_999, tzinfo=timezone.utc)
+        db.session.add(CronTask(name="processVirtualMachines", last_run_at=when))
+        db.session.commit()
+        db.session.expire_all()
+        stored = db.session.get(CronTask, "processVirtualMachines").last_run_at
+        assert stored.replace(tzinfo=timezone.utc) == when
+        db.session.remove()
+        downgrade(revision="0005")
+        upgrade()
