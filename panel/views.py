@@ -383,6 +383,19 @@ def settings_cron():
                            errors=errors, posted=request.form if errors else {}), 400 if errors else 200
 
 
+@bp.get("/help")
+def help_page():
+    """Help (seed 002's last navigation item): this installation's version, where its bridge is, how WHMCS
+    and the cron connect to it, and where the documentation and support are. Any logged-in admin."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        installed = version("proxmox-kvm-bridge")
+    except PackageNotFoundError:
+        installed = "-"
+    return render_template("help.html", version=installed, bridge_url=request.host_url.rstrip("/"),
+                           crontab_line=_crontab_line(), active_section="help")
+
+
 def _crontab_line() -> str:
     """The crontab line for this installation: its folder, its flask command, its instance folder."""
     import shlex

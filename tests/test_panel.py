@@ -531,3 +531,15 @@ def test_logging_out_ends_a_copied_session_and_logging_in_starts_a_fresh_one(app
     client.post("/logout", data={"csrf_token": after})
     answer = copy.get("/vms")
     assert answer.status_code == 302 and "/login" in answer.headers["Location"]
+
+
+def test_help_page_says_how_to_connect_whmcs_and_the_cron(logged_in, app):
+    """Seed 002's navigation ends with Help: links to documentation and support."""
+    html = logged_in.get("/").get_data(as_text=True)
+    assert 'href="/help"' in html
+    page = logged_in.get("/help")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "http://localhost" in text and "flask bridge secret" in text and "cron" in text
+    assert app.config["BRIDGE_SECRET"] not in text
+    assert logged_in.get("/help").status_code == 200
