@@ -50,3 +50,9 @@ def test_check_catches_what_it_should(tmp_path):
     problems = check_catalogs(folder)
     assert any(p.startswith("de: placeholders of 'Log out %(name)s'") for p in problems), problems
     assert "de: empty 'IP pool added.'" in problems
+
+
+def test_compile_says_one_line_unless_asked_for_more(app):
+    """The README's first command compiles the catalogs: one line, not fifty (found in a fresh-clone run)."""
+    quiet = app.test_cli_runner().invoke(args=["translate", "compile"])
+    assert quiet.exit_code == 0 and quiet.output.strip() == "25 catalogs compiled"
