@@ -14,7 +14,7 @@ from core.models import VM, IPAddress, Service, VMRun
 from core.products import PackageError, resolve_package
 from core.vault import unseal
 from jobs.cron import run_tick
-from jobs.pipeline import Output
+from jobs.pipeline import Output, run_vm
 from tests.conftest import account_params, hold_tasks, register_cluster
 from tests.dnspeers import powerdns  # noqa: F401 - fixture
 
@@ -829,3 +829,33 @@ def test_a_reinstall_never_clones_another_services_vm_made_into_a_template(app, 
     db.session.refresh(vm)
     assert vm.status == "reinstall" and "made into a template" in vm.last_error_message
     assert len([r for r in cluster.pve.requests if r[0] == "POST" and r[1].endswith("/clone")]) == clones
+
+
+def test_terminate_keeps_its_lease_through_slow_backup_removals(app, bridge, cluster, clock, monkeypatch):
+    """Found in review: each backup removal may wait up to 30 s for Proxmox; with several, a terminate pass
+    outlived its lease, and a second runner could start the same terminate. The lease is renewed between
+    removals."""
+    from sqlalchemy import select as sql_select
+
+    from core.proxmox import client as pve_client
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    from core.proxmox.client import Pve, endpoint_for
+    pve = Pve(endpoint_for(vm.server, unseal(vm.server.token_secret), app.instance_path))
+    for _ in range(4):
+        pve.post("nodes", vm.node, "vzdump", vmid=vm.vmid, storage="local", mode="snapshot")
+        clock.advance(1)
+    real_delete, seen = pve_client.Pve.delete, []
+
+    def slow_delete(self, *path, **params):
+        answer = real_delete(self, *path, **params)
+        if "content" in path:
+            clock.advance(70)  # Proxmox took its time
+            lease = db.session.scalar(sql_select(VM.lease_until).where(VM.service_id == vm.service_id))
+            seen.append(lease is not None and lease > clock.now())
+        return answer
+    monkeypatch.setattr(pve_client.Pve, "delete", slow_delete)
+    bridge.call("TerminateAccount", account_params(cluster, 5546))
+    run_vm(5546, Output(None, clock), clock, max_wait=5)  # as an RQ job runs it: a 185 s lease
+    db.session.refresh(vm)
+    assert vm.status == "remove" and len(seen) == 4 and all(seen), seen
