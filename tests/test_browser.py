@@ -464,3 +464,13 @@ def test_a_vm_row_follows_its_pipeline_without_a_reload(tab, served, request):
     expect(row.locator(".badge.bad")).to_have_count(0)
     expect(row.locator("button:has-text('Log')")).to_be_visible()
     shot(tab, request)
+
+
+def test_help_page_from_the_navigation(tab, served, request):
+    log_in(tab, served)
+    tab.click("nav a:has-text('Help')")
+    expect(tab).to_have_url(served.url + "/help")
+    expect(tab.locator("h1")).to_have_text("Help")
+    expect(tab.locator("dd").first).to_have_text(served.url)
+    expect(tab.locator("pre")).to_contain_text("flask")
+    shot(tab, request)
