@@ -519,19 +519,27 @@ def new_password(length: int = 16) -> str:
             return password
 
 
-def reset_password(params: AccountParams) -> VM:
-    """The client's reset: a new random password, saved to the WHMCS service (UpdateClientProduct), then
-    cloud-init rewritten with it and the Reset password email (queued)."""
-    from . import whmcs
+def _client_action(params: AccountParams, known_service: bool) -> tuple[Service, VM]:
+    """What a client's action (reset password, reinstall) needs first: the service is this client's (checked
+    before anything is stored; ``known_service``: it must exist already), not suspended, and its VM is ready.
+    Returns the service (stored as the call carries it) and its VM."""
     existing = db.session.get(Service, params.service_id)
-    if existing is None or existing.client_id != params.client_id:
-        raise AccountError("this service belongs to another client")  # checked before anything is stored
+    if (existing is None and known_service) or (existing is not None and existing.client_id != params.client_id):
+        raise AccountError("this service belongs to another client")
     if _suspended(existing, params):
         raise AccountError("the service is suspended")
     service = upsert_account(params)
     vm = _vm_of(service)
     if vm.status != "ready":
         raise AccountError(f"the VM is busy ({vm.status}); try again when it is ready")
+    return service, vm
+
+
+def reset_password(params: AccountParams) -> VM:
+    """The client's reset: a new random password, saved to the WHMCS service (UpdateClientProduct), then
+    cloud-init rewritten with it and the Reset password email (queued)."""
+    from . import whmcs
+    service, vm = _client_action(params, known_service=True)
     password = new_password()
     whmcs.call("UpdateClientProduct", serviceid=service.id, servicepassword=password)
     service.password = seal(password)
@@ -562,15 +570,7 @@ def customer_vm(server_id: int, vmid: int) -> bool:
 def reinstall(params: AccountParams, template: int | None = None) -> VM:
     """Reinstall (admin button or client area): the VM is removed and cloned again, from the template the
     client chose or the package's, keeping its VMID, MAC and addresses; queued for the next tick."""
-    existing = db.session.get(Service, params.service_id)
-    if existing is not None and existing.client_id != params.client_id:
-        raise AccountError("this service belongs to another client")
-    if _suspended(existing, params):
-        raise AccountError("the service is suspended")
-    service = upsert_account(params)
-    vm = _vm_of(service)
-    if vm.status != "ready":
-        raise AccountError(f"the VM is busy ({vm.status}); try again when it is ready")
+    _service, vm = _client_action(params, known_service=False)
     if template is not None:  # checked now, where the admin or client reads the answer
         from .proxmox.client import ProxmoxError
         from .proxmox.cluster import vm_location
