@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core import queue as work_queue
