@@ -338,11 +338,13 @@ def _top_up(server: Server, family: int, service_id: int, held: int, count: int,
                                 f"server {server.name or server.id}")
 
 
-def release(service_id: int, family: int | None = None, keep: int = 0) -> int:
-    """Hand the service's addresses back for reuse (all, or those of a family past the first ``keep``)."""
+def release(service_id: int, family: int | None = None, keep: int = 0, commit: bool = True) -> int:
+    """Hand the service's addresses back for reuse (all, or those of a family past the first ``keep``);
+    ``commit=False`` leaves them in the caller's transaction."""
     rows = [a for a in assigned(service_id) if family is None or a.family == family][keep:]
     for row in rows:
         row.service_id = None
         row.allocated_at = None
-    db.session.commit()
+    if commit:
+        db.session.commit()
     return len(rows)

@@ -8,7 +8,7 @@ before stays refused). Proxmox, the DNS servers and WHMCS are not touched.
 """
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete
 
 from .extensions import db
 from .models import (VM, Client, CronLock, CronTask, DnsZone, IPAddress, IPPool, ModuleLog, Product, Server,
@@ -25,8 +25,7 @@ def delete_module_data() -> dict[str, int]:
     try:
         for model in MODULE_TABLES:
             table = model.__table__
-            removed[table.name] = db.session.scalar(select(func.count()).select_from(table))
-            db.session.execute(delete(table))
+            removed[table.name] = db.session.execute(delete(table)).rowcount
         db.session.commit()
     except Exception:
         db.session.rollback()

@@ -49,9 +49,9 @@ ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 
 def _job_active(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bool:
     """Whether the job of this id waits or runs (enqueueing it again would overwrite it). A "started" job
-    whose worker died without a word (killed, its machine lost) stops counting once RQ's heartbeat for it
-    has expired (RQ's own cleanup marks it failed then, rather than at a worker's next maintenance), or
-    at once when ``lapsed`` says the work it holds has been let go."""
+    whose worker died without a word (killed, its machine lost) stops counting when ``lapsed`` says the
+    work it holds has been let go, or, without that, once RQ's heartbeat for it has expired (RQ's own
+    cleanup marks it failed then, rather than at a worker's next maintenance)."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     try:
@@ -62,10 +62,10 @@ def _job_active(job_id: str, queue, lapsed: Callable[[], bool] | None = None) ->
         return False
     status = job.get_status(refresh=False)
     if status == "started":
+        if lapsed is not None:
+            return not lapsed()
         queue.started_job_registry.cleanup()
         status = job.get_status(refresh=True)
-        if status == "started" and lapsed is not None and lapsed():
-            return False
     return status in ACTIVE_JOB_STATES
 
 

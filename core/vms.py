@@ -161,8 +161,7 @@ def delete_record(vm: VM) -> None:
     if vm.status not in DELETABLE:
         raise VMActionError({"status": _l("Only a VM in error_terminate or remove can be deleted.")})
     if vm.status == "remove":
-        db.session.execute(IPAddress.__table__.update().where(IPAddress.service_id == vm.service_id)
-                           .values(service_id=None, allocated_at=None))
+        ipam.release(vm.service_id, commit=False)
     db.session.execute(VMRun.__table__.delete().where(VMRun.service_id == vm.service_id))
     db.session.delete(vm)
     db.session.commit()

@@ -235,10 +235,8 @@ def send_mail(ctx: StepContext, template: str, customvars: dict, what: str, must
     if template:
         try:
             whmcs.send_email(template, ctx.service.id, customvars)
-        except whmcs.WhmcsNotConfigured as exc:
-            return Done(f"{what} email not sent: {exc}")
         except whmcs.WhmcsError as exc:
-            if must_reach:
+            if must_reach and not isinstance(exc, whmcs.WhmcsNotConfigured):
                 raise StepFailed(f"{what} email not sent: {exc}") from None
             return Done(f"{what} email not sent: {exc}")
     return Done()
@@ -406,9 +404,14 @@ def sync_ipset(ctx: StepContext) -> None:
         pve.delete(*base, IPSET, present[address])
 
 
+def os_user(ctx: StepContext) -> str:
+    """The guest's login: the product's OS username, else the service's, else root."""
+    return ctx.package.os_username or ctx.service.username or "root"
+
+
 def cloudinit_values(ctx: StepContext) -> dict:
     pkg, service = ctx.package, ctx.service
-    values: dict = {"ciuser": pkg.os_username or service.username or "root"}
+    values: dict = {"ciuser": os_user(ctx)}
     password = unseal(service.password)
     if password:
         values["cipassword"] = password
@@ -508,7 +511,7 @@ def access_parameters(ctx: StepContext) -> dict[str, str]:
     return {"vm_name": ctx.vm.name, "vmid": str(ctx.vm.vmid),
             "ip": next((a.address for a in addresses if a.family == 4), ""),
             "ipv6": next((a.address for a in addresses if a.family == 6), ""),
-            "username": cloudinit_values(ctx)["ciuser"], "password": unseal(ctx.service.password)}
+            "username": os_user(ctx), "password": unseal(ctx.service.password)}
 
 
 DEPLOY = register(Pipeline("Deploy", "deploy", (

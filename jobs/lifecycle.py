@@ -58,15 +58,13 @@ def _cloudinit_pending(ctx: StepContext) -> bool:
     then, while the pool may already hand a released one to another VM. Proxmox writes cloud-init options
     of a running VM into its config at once and lists what the drive does not have yet under /cloudinit
     (PVE 7.2 and later); an older one keeps them in /pending."""
-    vm = ctx.vm
-    pve = ctx.pve()
+    path = ("nodes", ctx.vm.node, "qemu", ctx.vm.vmid)
     try:
-        items = pve.get("nodes", vm.node, "qemu", vm.vmid, "cloudinit") or []
+        items = ctx.pve().get(*path, "cloudinit") or []
     except ProxmoxError as exc:
         if exc.status not in (400, 404, 501):  # only "no such call here" means an older Proxmox
             raise
-        items = []
-    items += pve.get("nodes", vm.node, "qemu", vm.vmid, "pending") or []
+        items = ctx.pve().get(*path, "pending") or []
     return any(CLOUDINIT_KEY.match(str(item.get("key", ""))) and ("pending" in item or item.get("delete"))
                for item in items)
 

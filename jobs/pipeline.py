@@ -396,27 +396,24 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             done = step.run(ctx)
         except (StepFailed, ProxmoxError) as exc:
             done, error = None, str(exc)
-        except VMChanged:
-            out.captured = None
-            raise
-        except JobTimeoutException:
-            # The worker's job ran out of time: not this step's failure (never its failure status). The
-            # status stays as committed and the lease lapses; the next tick goes on from there.
-            out.captured = None
+        except (VMChanged, JobTimeoutException):
+            # Not this step's failure (never its failure status): the VM was taken from this pass, or the
+            # worker's job ran out of time. The status stays as committed; the next tick goes on from there.
             raise
         except Exception as exc:  # noqa: BLE001 - one VM's bug must not stop the tick
             db.session.rollback()
             log.error("step %s of service %s crashed:\n%s", step.label, vm.service_id, traceback.format_exc())
             done, error = None, f"internal error in step: {type(exc).__name__}: {exc}"
+        finally:
+            captured, out.captured = out.captured, None
         seconds = clock.monotonic() - began
         result.step_cpu.append(time.process_time() - cpu_began)
         if error is not None and len(error) > ERROR_KEPT:  # a TEXT column on MariaDB holds 64 KB at most
             error = error[:ERROR_KEPT] + " [...]"
         entry = {"label": step.label, "from": step.source, "at": clock.now().isoformat(timespec="seconds"),
                  "seconds": round(seconds, 2)}
-        if out.captured:
-            entry["lines"] = [line[:300] for line in out.captured[:STEP_LINES_KEPT]]
-        out.captured = None
+        if captured:
+            entry["lines"] = [line[:300] for line in captured[:STEP_LINES_KEPT]]
         if done is None:
             db.session.rollback()
             stays = step.failure_status or step.source

@@ -61,8 +61,9 @@ def section(name: str, change: bool = False) -> Callable:
         def guarded(*args, **kwargs):
             allowed = current_user.can_change(name) if change else current_user.can_see(name)
             if not allowed:
-                if name == "dashboard" and request.method == "GET" and home_url() != request.path:
-                    return redirect(home_url())  # "/" is home: an admin without the dashboard starts elsewhere
+                home = home_url() if name == "dashboard" and request.method == "GET" else request.path
+                if home != request.path:
+                    return redirect(home)  # "/" is home: an admin without the dashboard starts elsewhere
                 abort(403)
             return view(*args, **kwargs)
         guarded.section = name
