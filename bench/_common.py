@@ -176,16 +176,18 @@ class ProductServer:
     """The product (app.create_app) served in its own process(es); the environment carries the
     configuration, as for workers. ``werkzeug``: its threaded WSGI server, one process, as ``flask serve``
     runs it (``python bench/_wsgi.py``). ``gunicorn``: gunicorn's pre-forked sync workers (``workers`` of
-    them), ``gunicorn -w N 'app:create_app()'``, the production setup with Redis."""
+    them), ``gunicorn -w N 'app:create_app()'``, the production setup with Redis. ``wsgi``: another app to
+    serve the same way (bench/_floor.py's)."""
 
-    def __init__(self, env: dict[str, str], server: str = "werkzeug", workers: int = 2):
+    def __init__(self, env: dict[str, str], server: str = "werkzeug", workers: int = 2,
+                 wsgi: str = "app:create_app()"):
         if server == "gunicorn":
             import socket
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
                 self.port = probe.getsockname()[1]
             self.proc = subprocess.Popen([venv_bin("gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
-                                          "--log-level", "warning", "app:create_app()"], cwd=str(ROOT), env=env)
+                                          "--log-level", "warning", wsgi], cwd=str(ROOT), env=env)
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -197,7 +199,8 @@ class ProductServer:
                         raise RuntimeError("gunicorn did not start") from None
                     time.sleep(0.1)
             return
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_wsgi.py")], cwd=str(ROOT),
+        spec = [] if wsgi == "app:create_app()" else [wsgi]
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_wsgi.py"), *spec], cwd=str(ROOT),
                                      env=env, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:

@@ -2,7 +2,8 @@
 DATABASE_URL, PKVM_*, REDIS_URL), werkzeug's threaded WSGI server on 127.0.0.1 and a port the system picks.
 
 Prints one JSON line ``{"port": N}`` once listening; serves until SIGTERM or SIGINT. No ticker is started
-(the benchmarks set PKVM_TICKER_SECONDS=0 anyway); request logging is off.
+(the benchmarks set PKVM_TICKER_SECONDS=0 anyway); request logging is off. ``python bench/_wsgi.py
+MODULE:NAME`` serves that WSGI app instead (bench/_floor.py's).
 """
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     from werkzeug.serving import make_server
 
-    from app import create_app
-    from core.extensions import db
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app()
+    if argv:
+        import importlib
+        module, _colon, name = argv[0].partition(":")
+        app, product = getattr(importlib.import_module(module), name), False
+    else:
+        from app import create_app
+        app, product = create_app(), True
     server = make_server("127.0.0.1", 0, app, threaded=True)
 
     def stop(_signum, _frame):
@@ -35,10 +39,12 @@ def main() -> int:
         pass
     finally:
         server.server_close()
-        with app.app_context():
-            db.engine.dispose()
+        if product:
+            from core.extensions import db
+            with app.app_context():
+                db.engine.dispose()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

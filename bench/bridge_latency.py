@@ -1,7 +1,7 @@
 """Bridge latency: signed CreateAccount calls over real HTTP, 50 at a time, on SQLite and on PostgreSQL.
 
     python bench/bridge_latency.py [--concurrency 50] [--rounds 10] [--backends sqlite,postgresql]
-                                   [--server werkzeug|gunicorn] [--server-workers 2] [--redis]
+                                   [--server werkzeug|gunicorn] [--server-workers 2] [--redis] [--floor]
 
 For each backend a fresh product instance is served by werkzeug's threaded WSGI server in its own process
 (bench/_wsgi.py: ``make_server(..., threaded=True)``, one thread per request, as ``flask serve`` does) or,
@@ -24,6 +24,10 @@ Measured, per backend, after --warmup sequential calls:
   connection per call, as the PHP shim makes them;
   throughput is calls / time from the release to the last answer of a round (mean over rounds).
 
+With ``--floor`` the same calls go also to two apps that answer without doing anything (bench/_floor.py: a
+bare WSGI callable, a bare Flask route) on the same server: what is left of the target for the product's
+own work.
+
 Also printed: the CPU per call of the server's processes (from /proc) and of this load generator, which
 shares the machine's cores with them and the database. A burst's p99 is close to its makespan, which
 cannot be shorter than (server + database + load generator CPU per call) x concurrency / cores.
@@ -45,6 +49,7 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -237,47 +242,66 @@ class Backend:
             engine.dispose()
 
 
+def measure(kind: str, args, port: int, server_pid: int, request: Callable[[], bytes]) -> dict:
+    """Warm-up, sequential calls, then the bursts, against the server on ``port``; ``request()`` builds one
+    whole signed call (a new service each time)."""
+    errors: list[str] = []
+
+    def check(status, answer):
+        if status != 200 or answer.get("result") != "success" or answer.get("status") != "creation":
+            errors.append(f"HTTP {status} {answer}")
+
+    for _ in range(args.warmup):
+        status, answer, _lat, _end = send(port, request())
+        check(status, answer)
+    sequential = []
+    for _ in range(args.sequential):
+        status, answer, latency, _end = send(port, request())
+        check(status, answer)
+        sequential.append(latency)
+
+    latencies: list[float] = []
+    throughputs: list[float] = []
+    cpu0 = tree_cpu(server_pid)
+    client0 = time.process_time()
+    calls = 0
+    for _round in range(args.rounds):
+        prepared = [request() for _ in range(args.concurrency)]
+        released = time.perf_counter()
+        results = burst(port, prepared)
+        for status, answer, latency, _end in results:
+            check(status, answer)
+            latencies.append(latency)
+        throughputs.append(args.concurrency / (max(r[3] for r in results) - released))
+        calls += args.concurrency
+        time.sleep(0.2)
+    return {"kind": kind, "sequential": sequential, "latencies": latencies, "throughputs": throughputs,
+            "cpu_per_call": (tree_cpu(server_pid) - cpu0) / calls,
+            "client_cpu_per_call": (time.process_time() - client0) / calls, "errors": errors}
+
+
 def run_backend(kind: str, args, listener, pki) -> dict:
     with ExitStack() as stack:
         backend = Backend(kind, args, stack, listener, pki)
         port, secret = backend.server.port, backend.secret
-        errors: list[str] = []
+        result = measure(kind, args, port, backend.server.pid, lambda: prepare(port, secret, backend.params()))
+        result["vm_rows"] = backend.vm_rows()
+        result["expected"] = args.warmup + args.sequential + args.rounds * args.concurrency
+        return result
 
-        def check(status, answer):
-            if status != 200 or answer.get("result") != "success" or answer.get("status") != "creation":
-                errors.append(f"HTTP {status} {answer}")
 
-        for _ in range(args.warmup):
-            status, answer, _lat, _end = send(port, prepare(port, secret, backend.params()))
-            check(status, answer)
-        sequential = []
-        for _ in range(args.sequential):
-            status, answer, latency, _end = send(port, prepare(port, secret, backend.params()))
-            check(status, answer)
-            sequential.append(latency)
-
-        latencies: list[float] = []
-        throughputs: list[float] = []
-        cpu0 = tree_cpu(backend.server.pid)
-        client0 = time.process_time()
-        calls = 0
-        for _round in range(args.rounds):
-            prepared = [prepare(port, secret, backend.params()) for _ in range(args.concurrency)]
-            released = time.perf_counter()
-            results = burst(port, prepared)
-            for status, answer, latency, _end in results:
-                check(status, answer)
-                latencies.append(latency)
-            throughputs.append(args.concurrency / (max(r[3] for r in results) - released))
-            calls += args.concurrency
-            time.sleep(0.2)
-        cpu_per_call = (tree_cpu(backend.server.pid) - cpu0) / calls
-        client_cpu_per_call = (time.process_time() - client0) / calls
-        rows = backend.vm_rows()
-        expected = args.warmup + args.sequential + args.rounds * args.concurrency
-        return {"kind": kind, "sequential": sequential, "latencies": latencies, "throughputs": throughputs,
-                "cpu_per_call": cpu_per_call, "client_cpu_per_call": client_cpu_per_call, "errors": errors,
-                "vm_rows": rows, "expected": expected}
+def run_floor(app: str, args) -> dict:
+    """The same calls against bench/_floor.py's ``app`` (``bare`` or ``flask``), which answers without doing
+    anything: what the server, the load generator and (for ``flask``) the framework cost by themselves."""
+    server = ProductServer(product_env(tempfile.gettempdir(), ""), args.server, args.server_workers,
+                           wsgi=f"bench._floor:{app}")
+    try:
+        params = account_params({"host": "127.0.0.1", "port": 8006, "token_id": "root@pam!pkvm",
+                                 "token_secret": "floor"}, "", 1)
+        return measure(f"floor: {app}", args, server.port, server.pid,
+                       lambda: prepare(server.port, "floor", params))
+    finally:
+        server.stop()
 
 
 def main(argv=None) -> int:
@@ -292,6 +316,9 @@ def main(argv=None) -> int:
     parser.add_argument("--server-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--redis", action="store_true",
                         help="give the server REDIS_URL, as in production: every CreateAccount queues an RQ job")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure the same calls against apps that answer without doing anything "
+                             "(bench/_floor.py: a bare WSGI callable and a bare Flask route) on the same server")
     parser.add_argument("--pool-size", type=int, default=0,
                         help="database connections per server process (default: the product's, 5 + 10 overflow)")
     args = parser.parse_args(argv)
@@ -314,6 +341,9 @@ def main(argv=None) -> int:
             results.append(run_backend(kind, args, listener, pki))
             r = results[-1]
             print(f"  {kind}: p99 {percentile(r['latencies'], 99) * 1000:.1f} ms", flush=True)
+        for app in ("bare", "flask") if args.floor else ():
+            results.append(run_floor(app, args))
+            print(f"  {results[-1]['kind']}: p99 {percentile(results[-1]['latencies'], 99) * 1000:.1f} ms", flush=True)
     finally:
         listener.stop()
         shutil.rmtree(pki_dir, ignore_errors=True)
@@ -332,6 +362,8 @@ def main(argv=None) -> int:
                 title=f"CreateAccount, {args.concurrency} concurrent (burst) and sequential (seq); target p99 < 50 ms"))
     print()
     for r in results:
+        if "vm_rows" not in r:
+            continue
         ok = sum(r["vm_rows"].values()) == r["expected"] and set(r["vm_rows"]) == {"creation"}
         print(f"  {r['kind']}: vm_info {r['vm_rows']} (expected {r['expected']} in creation: "
               f"{'yes' if ok else 'NO'})" + (f"; first errors: {r['errors'][:2]}" if r["errors"] else ""))
@@ -340,7 +372,7 @@ def main(argv=None) -> int:
     print(f"Total bench time {time.perf_counter() - wall0:.0f} s")
     fields = [f"concurrency={args.concurrency}", f"calls_per_backend={args.rounds * args.concurrency}"]
     for r in results:
-        k = "sqlite" if r["kind"] == "sqlite" else "pg"
+        k = {"sqlite": "sqlite", "postgresql": "pg"}.get(r["kind"]) or r["kind"].replace("floor: ", "floor_")
         lat = r["latencies"]
         fields += [f"{k}_p50_ms={percentile(lat, 50) * 1000:.1f}", f"{k}_p95_ms={percentile(lat, 95) * 1000:.1f}",
                    f"{k}_p99_ms={percentile(lat, 99) * 1000:.1f}", f"{k}_max_ms={max(lat) * 1000:.1f}",
