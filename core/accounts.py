@@ -482,9 +482,16 @@ def _suspended(existing: Service | None, params: AccountParams) -> bool:
 def terminate(params: AccountParams) -> VM | None:
     """A fire-and-forget stop, status ``terminate``, and the answer at once; the tick does the rest. WHMCS
     may call it again (a retry, a service whose VM never came): a VM terminating or gone is success, and a
-    terminate in progress is left to run as it is."""
+    terminate in progress is left to run as it is. An active or suspended service with no VM recorded here
+    (made before a switch from another module, or its record deleted) is an error: a success would let
+    WHMCS close a service whose VM may still run."""
     service = upsert_account(params)
     vm = db.session.get(VM, service.id)
+    if vm is None and params.status in ("Active", "Suspended"):
+        raise AccountError("no VM is recorded here for this service (it was not created through this "
+                           "module, or its record was deleted): nothing was stopped or deleted. If it has a "
+                           "VM on Proxmox, remove that VM there, then set the service's status in WHMCS "
+                           "by hand")
     if vm is None or vm.status in ("remove", "terminate"):
         return vm
     if vm.vmid and vm.node:

@@ -632,7 +632,9 @@ def test_whmcs_retries_and_crossed_calls_get_sensible_answers(app, bridge, clust
     """Found in review: a retried TerminateAccount was an error and wiped a running terminate's task; a
     CreateAccount or a Redeploy during a terminate answered success and did nothing, or deployed again."""
     register_cluster(cluster, **PRODUCT)
-    assert bridge.call("TerminateAccount", account_params(cluster, 5599)).get_json() == {"result": "success"}
+    # a service whose CreateAccount never succeeded is still Pending in WHMCS: nothing to terminate
+    assert bridge.call("TerminateAccount", account_params(cluster, 5599, status="Pending")).get_json() == \
+        {"result": "success"}
     vm = deployed(bridge, cluster, clock)
     assert bridge.call("TerminateAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
     db.session.refresh(vm)
@@ -859,3 +861,19 @@ def test_terminate_keeps_its_lease_through_slow_backup_removals(app, bridge, clu
     run_vm(5546, Output(None, clock), clock, max_wait=5)  # as an RQ job runs it: a 185 s lease
     db.session.refresh(vm)
     assert vm.status == "remove" and len(seen) == 4 and all(seen), seen
+
+
+def test_terminating_an_active_service_with_no_vm_here_is_an_error(app, bridge, cluster, clock):
+    """Found in review: a service made before a switch from the original module (or whose record was deleted)
+    has no VM row here; TerminateAccount answered success and WHMCS closed the service while its VM ran on."""
+    register_cluster(cluster, **PRODUCT)
+    before = len(cluster.pve.requests)
+    for status in ("Active", "Suspended"):
+        answer = bridge.call("TerminateAccount", account_params(cluster, 5601, status=status)).get_json()
+        assert answer["result"] == "error" and "no VM is recorded here" in answer["message"]
+        assert "remove that VM there" in answer["message"]
+    assert db.session.get(VM, 5601) is None
+    assert cluster.pve.requests[before:] == []  # Proxmox was not touched
+    # WHMCS marked it Terminated by hand: a later call is no error
+    answer = bridge.call("TerminateAccount", account_params(cluster, 5601, status="Terminated")).get_json()
+    assert answer == {"result": "success"}
