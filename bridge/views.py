@@ -28,6 +28,7 @@ Handler = Callable[[dict], tuple[dict, int]]
 FUNCTIONS: dict[str, Handler] = {}
 TRANSIENT_RETRIES = 5
 RETRY_PAUSE = 0.005  # seconds, doubled at every retry
+STEP_COMMAND_WAIT = 25  # seconds a one-step command is waited for (the shim's own timeout is 30 s)
 
 
 def module_function(name: str, one_transaction: bool = False) -> Callable[[Handler], Handler]:
@@ -244,8 +245,10 @@ def _step_command(name: str, source: str, payload: dict) -> tuple[dict, int]:
     params = accounts.parse_account(payload)
     accounts.upsert_account(params)
     try:
+        # The shim gives up after 30 s: the answer comes before that, whatever the step still has to do.
         answer = work_queue.run_and_wait("jobs.worker.run_step_job", params.service_id, source,
-                                         timeout=module_settings.get("api_heavy_timeout") + 10)
+                                         timeout=STEP_COMMAND_WAIT,
+                                         job_timeout=module_settings.get("api_heavy_timeout") + 60)
     except work_queue.JobFailed as exc:
         answer = {"result": "error", "message": str(exc)}
     body = success() if answer.get("result") == "success" else error(answer.get("message") or "failed")

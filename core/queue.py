@@ -145,22 +145,33 @@ class JobFailed(Exception):
     """A job run on behalf of a request failed or did not finish in time."""
 
 
-def run_and_wait(func: str, *args, timeout: float):
+def run_and_wait(func: str, *args, timeout: float, job_timeout: float | None = None):
     """Run a job by its dotted name and wait for its answer: on an RQ worker when Redis is used, in this
-    process otherwise (an admin button that must answer with the outcome)."""
+    process otherwise (an admin button that must answer with the outcome). A job no worker took within
+    ``timeout`` seconds is cancelled (it must not run by surprise later); one still running goes on, with
+    ``job_timeout`` (default ``timeout`` + 30 s) to finish."""
     queue = rq_queue()
     if queue is None:
         import importlib
         module, name = func.rsplit(".", 1)
         return getattr(importlib.import_module(module), name)(*args)
     from redis.exceptions import TimeoutError as RedisTimeout
-    job = queue.enqueue(func, *args, job_timeout=int(timeout) + 30, result_ttl=600, failure_ttl=86400)
+    from rq.job import JobStatus
+    job = queue.enqueue(func, *args, job_timeout=int(job_timeout or timeout + 30), result_ttl=600,
+                        failure_ttl=86400)
     try:
         result = job.latest_result(timeout=int(timeout))
     except RedisTimeout:
         result = None
     if result is None:
-        raise JobFailed(f"no answer from a worker within {int(timeout)}s (is an rq worker running?)")
+        if job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            job.cancel()
+            raise JobFailed(f"no worker took it within {int(timeout)}s, so it was not run (is an rq worker "
+                            "running?)")
+        result = job.latest_result()
+    if result is None:
+        raise JobFailed(f"still running on a worker after {int(timeout)}s: it goes on there; its outcome "
+                        "shows in VM Management shortly")
     if result.type != result.Type.SUCCESSFUL:
         last = (result.exc_string or "").strip().splitlines()
         raise JobFailed(last[-1] if last else "the job failed")

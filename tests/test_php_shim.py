@@ -131,8 +131,10 @@ class Shim:
         self.log = tmp_path / "module_log.jsonl"
 
     def run(self, calls, params: dict | None, *, url: str | None, secret: str | None,
-            module: Path = SERVER_MODULE) -> list:
+            module: Path = SERVER_MODULE, timeout: int | None = None) -> list:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PKVM_BRIDGE_")}
+        if timeout is not None:
+            env["PKVM_BRIDGE_TIMEOUT"] = str(timeout)
         if url is not None:
             env["PKVM_BRIDGE_URL"] = url
         if secret is not None:
@@ -412,3 +414,24 @@ def test_deactivating_the_addon_deletes_the_module_data_only_when_asked(app, ser
     assert db.session.scalar(select(Setting.key).limit(1)) is None  # back to the defaults: the flag is off
     assert db.session.scalar(select(Admin.username)) == "root"
     assert db.session.scalar(select(BridgeNonce.nonce).limit(1)) is not None
+
+
+def test_a_bridge_that_takes_the_call_but_does_not_answer_in_time_is_not_called_unreachable(cluster, shim):
+    """Found in review: a call the bridge was still carrying out when the shim's timeout ran out was reported
+    as "unreachable ... check the Bridge URL", which sends the admin after the wrong problem and invites a
+    second try of something that may be going on."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
+    thread.start()
+    try:
+        answer, = shim.run(["puqProxmoxKVM_CreateAccount"], account_params(cluster, 8107),
+                           url=f"http://127.0.0.1:{listener.getsockname()[1]}", secret="a" * 64, timeout=2)
+    finally:
+        listener.close()
+        for conn, _addr in accepted:
+            conn.close()
+    assert "did not answer within 2 s" in answer and "may still be carrying it out" in answer
+    assert "unreachable" not in answer and "VM Management" in answer

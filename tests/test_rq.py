@@ -338,3 +338,21 @@ def test_a_follow_up_job_gets_the_vm_jobs_time_and_a_timeout_is_never_a_failure(
         run_vm(531, Output(None))
     db.session.expire_all()
     assert db.session.get(VM, 531).status == "terminate"
+
+
+def test_a_step_command_no_worker_takes_is_answered_in_time_and_never_run_later(rq_app, redis_conn, cluster,
+                                                                                 clock, monkeypatch):
+    """Found in review: the bridge waited api_heavy_timeout + 10 s (70 s by default) for a one-step command,
+    past the shim's 30 s, and a job no worker had taken stayed queued, to run by surprise whenever a worker
+    came."""
+    from bridge import views
+    app, queue = rq_app
+    register_cluster(cluster)
+    bridge = Bridge(app, app.test_client())
+    bridge.call("CreateAccount", account_params(cluster, 505))
+    work(queue, redis_conn)
+    assert views.STEP_COMMAND_WAIT < 30  # the shim's own timeout
+    monkeypatch.setattr(views, "STEP_COMMAND_WAIT", 1)
+    answer = bridge.call("VMSetCpuRam", account_params(cluster, 505)).get_json()
+    assert answer["result"] == "error" and "no worker took it within 1s, so it was not run" in answer["message"]
+    assert queue.count == 0  # cancelled: a worker started later finds nothing

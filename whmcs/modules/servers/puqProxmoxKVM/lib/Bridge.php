@@ -59,7 +59,11 @@ final class Bridge
             }
             return isset($addon[$setting]) ? $addon[$setting] : '';
         };
-        return new self($read('PKVM_BRIDGE_URL', 'bridge_url'), $read('PKVM_BRIDGE_SECRET', 'bridge_secret'));
+        // PKVM_BRIDGE_TIMEOUT (a constant in configuration.php or the environment): seconds a call may
+        // take, 30 by default; the bridge answers its one-step commands within 25 s.
+        $timeout = (int) $read('PKVM_BRIDGE_TIMEOUT', 'bridge_timeout');
+        return new self($read('PKVM_BRIDGE_URL', 'bridge_url'), $read('PKVM_BRIDGE_SECRET', 'bridge_secret'),
+            5, $timeout > 0 ? $timeout : 30);
     }
 
     /** The addon's settings from tbladdonmodules (only inside WHMCS). */
@@ -221,14 +225,16 @@ final class Bridge
     /**
      * POST one module call. Returns ['url', 'request' (the JSON sent), 'status' (0 when nothing came
      * back), 'raw' (the answer's body), 'body' (the decoded JSON object or null), 'error' (curl's reason
-     * when the bridge could not be reached)].
+     * when the bridge could not be reached), 'timed_out' (seconds waited when no answer came in time, else
+     * 0)].
      */
     public function call($function, array $params)
     {
         $path = self::PATH_PREFIX . rawurlencode($function);
         $url = $this->url . $path;
         $body = self::encode($params);
-        $result = ['url' => $url, 'request' => $body, 'status' => 0, 'raw' => '', 'body' => null, 'error' => ''];
+        $result = ['url' => $url, 'request' => $body, 'status' => 0, 'raw' => '', 'body' => null, 'error' => '',
+            'timed_out' => 0];
         if (!function_exists('curl_init')) {
             $result['error'] = 'the PHP curl extension is not installed';
             return $result;
@@ -257,6 +263,9 @@ final class Bridge
         $raw = curl_exec($curl);
         if ($raw === false) {
             $result['error'] = curl_error($curl) . ' (curl error ' . curl_errno($curl) . ')';
+            if (curl_errno($curl) === 28 && (float) curl_getinfo($curl, CURLINFO_CONNECT_TIME) > 0) {
+                $result['timed_out'] = $this->timeout; // connected and sent, then no answer in time
+            }
         } else {
             $result['status'] = (int) curl_getinfo($curl, CURLINFO_RESPONSE_CODE);
             $result['raw'] = (string) $raw;

@@ -80,6 +80,11 @@ final class Relay
     private function interpret($function, array $answer, $isTest)
     {
         $url = $answer['url'];
+        if ($answer['timed_out'] > 0) {
+            return 'The bridge at ' . $url . ' took the call but did not answer within ' . $answer['timed_out']
+                . ' s: it may still be carrying it out. Look at the service in the panel\'s VM Management ('
+                . 'Addons > PUQ Proxmox KVM) before trying again.';
+        }
         if ($answer['error'] !== '') {
             return 'The bridge is unreachable at ' . $url . ': ' . $answer['error'] . '. Check the Bridge URL in '
                 . self::SETTINGS_PAGE . ' and that the product is running.';
