@@ -474,3 +474,23 @@ def test_help_page_from_the_navigation(tab, served, request):
     expect(tab.locator("dd").first).to_have_text(served.url)
     expect(tab.locator("pre")).to_contain_text("flask")
     shot(tab, request)
+
+
+def test_product_settings_can_be_edited_and_saved_without_losing_switches(tab, served, request):
+    """Found in review: every field of the product page was disabled, even for an admin who may change
+    products (its macro could not see the page's permission), and Save then switched every checkbox off."""
+    seed(served.app)
+    log_in(tab, served)
+    tab.goto(served.url + "/products/1?check=0")
+    expect(tab.locator("h1")).to_have_text("Module Settings of VPS Start")
+    assert tab.locator("form.panels :is(input, select):disabled").count() == 0
+    expect(tab.locator("input[name=firewall_enable]")).to_be_checked()
+    tab.fill("input[name=cpu_cores]", "4")
+    tab.click("form.panels button[type=submit]")
+    expect(tab.locator(".alert-success")).to_contain_text("saved")
+    with served.app.app_context():
+        from core.products import ProductSettings
+        saved = ProductSettings.from_stored(db.session.get(Product, 1).settings)
+        assert saved.cpu_cores == 4
+        assert saved.auto_bridge_vlan and saved.firewall_enable and saved.firewall_macfilter
+    shot(tab, request)
