@@ -143,8 +143,16 @@ def create(values: dict[str, Any]) -> IPPool:
 
 
 def update(pool: IPPool, values: dict[str, Any]) -> IPPool:
-    """Change a pool; addresses already handed out keep their pool and service."""
+    """Change a pool; addresses already handed out keep their pool and service. When its server, family or
+    range changes, the addresses it was handed back are forgotten (under the pool's lock, as an allocation
+    would take one): such a row still names the old server or family, and reused it would give an address
+    twice or of the wrong kind."""
     clean = validate({**{k: getattr(pool, k) for k in FIELDS}, **values}, existing=pool)
+    moved = any(clean[key] != getattr(pool, key) for key in ("server_id", "family", "first", "last"))
+    if moved:
+        ipam.lock_pool(pool.id)
+        db.session.execute(IPAddress.__table__.delete().where(IPAddress.pool_id == pool.id,
+                                                              IPAddress.service_id.is_(None)))
     for key, value in clean.items():
         setattr(pool, key, value)
     pool.cursor = None  # the range may have moved: search it afresh

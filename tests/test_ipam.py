@@ -165,3 +165,34 @@ def test_concurrent_allocation_never_doubles(any_db_app):
     assert len(results) == 50 and len(set(results.values())) == 50
     assert "192.0.2.1" not in results.values()
     assert db.session.scalar(select(func.count()).select_from(IPAddress)) == 50
+
+
+def test_moving_a_pool_to_another_server_or_family_never_gives_an_address_twice(app):
+    """Found in review: an edited pool kept the rows of addresses it had been handed back, still naming the
+    old server (or family); allocations then gave one address to two VMs, or an IPv4 address from a pool
+    made IPv6."""
+    from core import pools
+    seed(services=[1, 2, 3, 4])
+    db.session.add(Server(id=2, name="pve2", hostname="127.0.0.2", token_id="root@pam!t"))
+    db.session.commit()
+    row = pool(first="192.0.2.2", last="192.0.2.6", gateway="192.0.2.1")
+    ipam.allocate(db.session.get(Server, 1), 4, 1, 1)
+    assert ipam.release(1) == 1  # 192.0.2.2 handed back: a row with service_id NULL, server 1
+
+    pools.update(row, {"server_id": 2})
+    for sid in (2, 3):
+        db.session.add(Service(id=sid + 10, client_id=1, product_id=1, server_id=2))
+    db.session.commit()
+    server2 = db.session.get(Server, 2)
+    got = [ipam.allocate(server2, 4, sid, 1)[0] for sid in (12, 13)]
+    assert [a.address for a in got] == ["192.0.2.2", "192.0.2.3"] and {a.server_id for a in got} == {2}
+    assert db.session.scalar(select(func.count()).select_from(IPAddress).where(IPAddress.server_id == 1)) == 0
+
+    assert ipam.release(12) == 1 and ipam.release(13) == 1
+    pools.update(row, {"family": 6, "gateway": "2001:db8::1", "mask": 64, "first": "2001:db8::10",
+                       "last": "2001:db8::20"})
+    db.session.add(Service(id=14, client_id=1, product_id=1, server_id=2))
+    db.session.commit()
+    [v6] = ipam.allocate(server2, 6, 14, 1)
+    assert (v6.address, v6.family) == ("2001:db8::10", 6)
+    assert db.session.scalar(select(func.count()).select_from(IPAddress).where(IPAddress.family == 4)) == 0
