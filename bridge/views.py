@@ -103,7 +103,10 @@ def module_call(function: str):
     if handler is None:
         return jsonify(result="error", message=f"unknown module function {function!r}",
                        functions=sorted(FUNCTIONS)), 404
-    payload = request.get_json(silent=True)
+    try:
+        payload = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes: no WHMCS $params are
+        payload = None
     if not isinstance(payload, dict):
         return _refuse(400, {"result": "error", "message": "malformed payload",
                              "errors": {"body": "must be a JSON object with the WHMCS module parameters"}})

@@ -40,6 +40,7 @@ def validate(values: dict[str, Any], existing: IPPool | None = None) -> dict[str
         clean["server_id"] = int(values.get("server_id"))
         if not 0 < clean["server_id"] < 2**31 or db.session.get(Server, clean["server_id"]) is None:
             errors["server_id"] = _l("Unknown server: WHMCS has not sent a call for it yet.")
+            del clean["server_id"]  # not to be looked up again (a number past the database's integers)
     except (TypeError, ValueError):
         errors["server_id"] = _l("Choose a server.")
     family = str(values.get("family", "")).lower().replace("ipv", "")

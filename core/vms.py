@@ -221,7 +221,7 @@ def update_record(vm: VM, values: dict[str, Any]) -> VM:
                 if clean[key] is not None and limit and len(clean[key]) > limit:
                     errors[key] = _l("At most %(count)s characters.", count=limit)
                     continue
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             errors[key] = _l("Must be a whole number.") if kind is int else \
                 _l("Must be a JSON object.") if kind is dict else _l("Invalid value.")
     if "status" in clean and not clean["status"]:

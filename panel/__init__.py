@@ -47,7 +47,9 @@ SECTION_HOME = {"dashboard": "panel.dashboard", "ip_pools": "panel.pools", "dns_
 
 def home_url() -> str:
     """The first page the logged-in admin's access group may see (the dashboard for most, and for a group
-    that may see nothing, whose every page is then a 403)."""
+    that may see nothing, whose every page is then a 403); the login page for nobody logged in."""
+    if not current_user.is_authenticated:
+        return url_for("panel.login")
     for name, endpoint in SECTION_HOME.items():
         if current_user.can_see(name):
             return url_for(endpoint)

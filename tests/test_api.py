@@ -7,6 +7,7 @@ import schemathesis
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
+from sqlalchemy import func, select
 
 from core import admins
 from core.extensions import db
@@ -222,3 +223,18 @@ def test_out_of_range_mask_on_update_is_a_field_error(client, token):
 def test_null_settings_are_refused(client, token):
     answer = client.put("/api/v1/settings", headers=auth(token), json={"delete_data_on_uninstall": None})
     assert answer.status_code == 400 and "delete_data_on_uninstall" in answer.get_json()["errors"]
+
+
+def test_hostile_bodies_get_field_errors_not_a_500(client, token):
+    """Found in review: a server id past the database's integers and a body nested deeper than the JSON
+    parser goes answered 500."""
+    seed_fleet(1)
+    before = db.session.scalar(select(func.count()).select_from(IPPool))
+    huge = client.post("/api/v1/pools", headers=auth(token), json={
+        "server_id": 10**40, "family": 4, "bridge": "vmbr0", "gateway": "192.0.2.1", "mask": 24,
+        "first": "192.0.2.2", "last": "192.0.2.9"})
+    assert huge.status_code == 400 and set(huge.get_json()["errors"]) == {"server_id"}
+    nested = client.post("/api/v1/pools", headers={**auth(token), "Content-Type": "application/json"},
+                         data="[" * 100000 + "]" * 100000)
+    assert nested.status_code == 400 and nested.get_json()["errors"] == {"body": "must be a JSON object"}
+    assert db.session.scalar(select(func.count()).select_from(IPPool)) == before

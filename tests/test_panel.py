@@ -543,3 +543,22 @@ def test_help_page_says_how_to_connect_whmcs_and_the_cron(logged_in, app):
     assert "http://localhost" in text and "flask bridge secret" in text and "cron" in text
     assert app.config["BRIDGE_SECRET"] not in text
     assert logged_in.get("/help").status_code == 200
+
+
+def test_choosing_a_language_logged_out_lands_on_the_login_page(client):
+    """Found in review: POST /language with no (or a foreign) next, logged out, answered 500."""
+    page = client.get("/login").get_data(as_text=True)
+    for data in ({}, {"next": "https://evil.example/"}):
+        answer = client.post("/language", data={"csrf_token": csrf_of(page), "locale": "de", **data})
+        assert answer.status_code == 302 and answer.headers["Location"] == "/login"
+
+
+def test_a_record_edit_nested_deeper_than_json_goes_is_a_field_error(logged_in):
+    seed_fleet()
+    kept = db.session.get(VM, 5546).rev_dns
+    page = logged_in.get("/vms/5546/record").get_data(as_text=True)
+    answer = logged_in.post("/vms/5546/record", data={"csrf_token": csrf_of(page),
+                                                      "rev_dns": '{"a":' * 50000 + "1" + "}" * 50000})
+    assert answer.status_code == 400 and "Must be a JSON object." in answer.get_data(as_text=True)
+    db.session.expire_all()
+    assert db.session.get(VM, 5546).rev_dns == kept
