@@ -28,6 +28,8 @@ def _ip(value: Any, family: int | None) -> ipaddress.IPv4Address | ipaddress.IPv
         addr = ipaddress.ip_address(str(value or "").strip())
     except ValueError:
         return None
+    if getattr(addr, "scope_id", None):  # fe80::1%eth0: a scope means nothing inside a VM's network config
+        return None
     return addr if family is None or addr.version == family else None
 
 

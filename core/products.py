@@ -13,9 +13,12 @@ from typing import Any
 
 from flask_babel import lazy_gettext as _l
 
+from .dns.names import is_host_name
+
 BRIDGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 STORAGE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+OS_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a Linux user name, as cloud-init creates it
 FIREWALL_POLICIES = ("ACCEPT", "REJECT", "DROP")
 LOG_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug", "nolog")
 NET_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3")
@@ -183,9 +186,16 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     for key in ("firewall_log_level_in", "firewall_log_level_out"):
         if clean.get(key, "nolog") not in LOG_LEVELS:
             errors[key] = _l("Must be one of: %(choices)s.", choices=", ".join(LOG_LEVELS))
-    if clean.get("main_domain") and not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?$",
-                                                 clean["main_domain"]):
+    if clean.get("main_domain") and not (is_host_name(clean["main_domain"]) and
+                                         re.match(r"^[A-Za-z0-9]", clean["main_domain"])):
         errors["main_domain"] = _l("Not a valid domain name.")
+    if "os_username" in clean and not OS_USER.match(clean["os_username"]):
+        errors["os_username"] = _l("Not a valid user name: lower-case letters, digits, '_' and '-', at most 32, "
+                                   "starting with a letter or '_'.")
+    for key in ("vm_name_prefix", "vm_name_rule", "email_welcome", "email_vm_ready", "email_upgrade",
+                "email_reset_password"):
+        if len(clean.get(key, "")) > 255 and key not in errors:
+            errors[key] = _l("At most %(count)s characters.", count=255)
     if errors:
         raise ProductSettingsError(errors)
     return clean

@@ -5,6 +5,7 @@ sealed at rest and never returned by ``public()``.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -118,7 +119,19 @@ def coerce(key: str, value: Any) -> Any:
         raise SettingError({key: _l("Must be an http:// or https:// address.")})
     if spec.choices and value not in spec.choices:
         raise SettingError({key: _l("Must be one of: %(choices)s.", choices=", ".join(spec.choices))})
+    if key == "dns_json_allowlist":
+        wrong = [item for item in value.replace(",", " ").split() if not _is_network(item)]
+        if wrong:
+            raise SettingError({key: _l("Not an IP address or network: %(list)s.", list=", ".join(wrong[:5]))})
     return value
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 # An http(s) address with a host, no spaces; WEB_ADDRESS_PATTERN is the same rule for the API's schema

@@ -562,3 +562,13 @@ def test_a_record_edit_nested_deeper_than_json_goes_is_a_field_error(logged_in):
     assert answer.status_code == 400 and "Must be a JSON object." in answer.get_data(as_text=True)
     db.session.expire_all()
     assert db.session.get(VM, 5546).rev_dns == kept
+
+
+def test_a_wrong_allowlist_entry_is_shown_on_its_field(logged_in):
+    page = logged_in.get("/settings").get_data(as_text=True)
+    answer = logged_in.post("/settings", data={"csrf_token": csrf_of(page), "api_timeout": "10",
+                                               "api_heavy_timeout": "60", "migration_timeout": "300",
+                                               "dns_json_allowlist": "192.0.2.10, not-an-ip"})
+    text = answer.get_data(as_text=True)
+    assert answer.status_code == 400 and "Not an IP address or network: not-an-ip." in text
+    assert 'value="192.0.2.10, not-an-ip"' in text  # what was typed stays

@@ -44,3 +44,48 @@ def test_product_cli_sets_all_or_nothing(app, runner):
     assert product.name == "VPS Start" and product.settings["cpu_cores"] == 2
     shown = json.loads(runner.invoke(args=["product", "show", "3"]).output)
     assert shown["template_vmid"] == 9000 and shown["ram_mb"] == 1024
+
+
+def test_values_the_product_could_not_use_later_are_refused_at_once(app):
+    """Found in review: these were stored and failed only when a VM, a DNS record or a request used them."""
+    from core import pools, settings
+    from core.dns import ZoneError, validate_zone
+    from core.models import Server
+    from core.pools import PoolError
+    from core.settings import SettingError
+
+    for values, field in (({"main_domain": "a..b"}, "main_domain"), ({"main_domain": "x" * 64 + ".com"}, "main_domain"),
+                          ({"main_domain": "-a.com"}, "main_domain"), ({"os_username": "root user:x"}, "os_username"),
+                          ({"os_username": "Admin"}, "os_username"), ({"os_username": ""}, "os_username"),
+                          ({"vm_name_rule": "{prefix}" * 100}, "vm_name_rule"), ({"email_upgrade": "e" * 256}, "email_upgrade")):
+        with pytest.raises(ProductSettingsError) as refused:
+            validate(values)
+        assert set(refused.value.errors) == {field}, values
+    assert validate({"main_domain": "cloud.example.com", "os_username": "ubuntu"})
+
+    for name in ("-", ".com", "a..b", "-a-.b", "x" * 64 + ".com"):
+        with pytest.raises(ZoneError) as refused:
+            validate_zone({"provider": "powerdns", "name": name, "server_url": "http://127.0.0.1:8081",
+                           "api_key": "k"})
+        assert "name" in refused.value.errors, name
+    with pytest.raises(ZoneError) as refused:
+        validate_zone({"provider": "powerdns", "name": "example.com", "server_url": "http://127.0.0.1:8081\nX: y",
+                       "api_key": "k"})
+    assert set(refused.value.errors) == {"server_url"}
+    assert validate_zone({"provider": "powerdns", "name": "0/26.2.0.192.in-addr.arpa",
+                          "server_url": "http://127.0.0.1:8081", "api_key": "k"})["name"] == "0/26.2.0.192.in-addr.arpa"
+
+    db.session.add(Server(id=1, name="pve", hostname="127.0.0.1", token_id="root@pam!t"))
+    db.session.commit()
+    for key, value in (("gateway", "fe80::1%eth0"), ("first", "fe80::10%x"), ("dns1", "fe80::53%eth1")):
+        row = {"server_id": 1, "family": 6, "bridge": "vmbr0", "gateway": "fe80::1", "mask": 64,
+               "first": "fe80::10", "last": "fe80::20", key: value}
+        with pytest.raises(PoolError) as refused:
+            pools.validate(row)
+        assert key in refused.value.errors, key
+
+    with pytest.raises(SettingError) as refused:
+        settings.update({"dns_json_allowlist": "192.0.2.10, not-an-ip, 10.0.0.0/33"})
+    assert "not-an-ip, 10.0.0.0/33" in str(refused.value.errors["dns_json_allowlist"])
+    settings.update({"dns_json_allowlist": "192.0.2.10, 2001:db8::/32"})
+    assert settings.get("dns_json_allowlist") == "192.0.2.10, 2001:db8::/32"

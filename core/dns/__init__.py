@@ -24,7 +24,7 @@ from ..vault import SecretUnreadable, seal, unseal
 from .base import DnsError, Outcome, ProviderClient, RRSet
 from .cloudflare import DEFAULT_API, Cloudflare
 from .hestiacp import HestiaCp
-from .names import classless_span, in_zone, normalize, reverse_name_in
+from .names import classless_span, in_zone, is_host_name, normalize, reverse_name_in
 from .powerdns import PowerDns
 
 PROVIDERS = {"cloudflare": "Cloudflare", "hestiacp": "HestiaCP", "powerdns": "PowerDNS"}
@@ -44,7 +44,8 @@ class ZoneError(ValueError):
 # ----------------------------------------------------------------------------- zones
 
 def _url(value: str) -> bool:
-    return value.startswith(("http://", "https://")) and len(value) > 8 and " " not in value
+    return value.startswith(("http://", "https://")) and len(value) > 8 and \
+        not any(c.isspace() or not c.isprintable() for c in value)
 
 
 def validate_zone(values: dict[str, Any], existing: DnsZone | None = None) -> dict[str, Any]:
@@ -55,7 +56,8 @@ def validate_zone(values: dict[str, Any], existing: DnsZone | None = None) -> di
         errors["provider"] = _l("Choose Cloudflare, HestiaCP or PowerDNS.")
         raise ZoneError(errors)
     name = normalize(values.get("name", existing.name if existing else ""))
-    if not name or not set(name) <= ZONE_NAME_CHARS or ".." in name or len(name) > 253:
+    # A host name's labels, or RFC 2317's classless reverse zone (0/26.2.0.192.in-addr.arpa)
+    if not name or not set(name) <= ZONE_NAME_CHARS or not is_host_name(name.replace("/", "-")):
         errors["name"] = _l("Not a valid zone name.")
     clean_settings: dict[str, str] = {}
     for key in FIELDS[provider]:
