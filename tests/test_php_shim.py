@@ -350,6 +350,15 @@ def test_whmcs_cron_hook_starts_a_tick_in_hook_mode_only(app, served, shim):
     activity = [line["activity"] for line in shim.lines() if "activity" in line]
     assert len(activity) == 1 and "the cron hook did not reach the product" in activity[0]
     assert "b" * 64 not in shim.log.read_text()
+    # reached, but no tick could be started (its Redis is down): the product's reason is noted too
+    app.config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    try:
+        shim.run([["run_hook", ["AfterCronJob"]]], None, url=served, secret=app.config["BRIDGE_SECRET"],
+                 module=ADDON_HOOKS)
+    finally:
+        app.config["REDIS_URL"] = None
+    activity = [line["activity"] for line in shim.lines() if "activity" in line]
+    assert len(activity) == 2 and "which started no tick: Redis does not answer" in activity[1]
 
 
 def test_addon_declares_the_settings(shim):

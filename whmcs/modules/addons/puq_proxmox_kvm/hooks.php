@@ -20,8 +20,16 @@ add_hook('AfterCronJob', 1, function ($vars) {
         return; // not configured yet: the server module says so where an admin reads it
     }
     $result = $bridge->call('AfterCronJob', []);
-    if ($result['status'] !== 200 && function_exists('logActivity')) {
+    if (!function_exists('logActivity')) {
+        return;
+    }
+    if ($result['status'] !== 200) {
         logActivity('PUQ Proxmox KVM: the cron hook did not reach the product at ' . $result['url'] . ': '
             . ($result['error'] !== '' ? $result['error'] : 'HTTP ' . $result['status']));
+    } elseif (!is_array($result['body']) || !isset($result['body']['result']) || $result['body']['result'] !== 'success') {
+        // reached, but no tick was started (its queue is down, say): the product's reason
+        $message = is_array($result['body']) && isset($result['body']['message']) && is_scalar($result['body']['message'])
+            ? (string) $result['body']['message'] : 'an unexpected answer';
+        logActivity('PUQ Proxmox KVM: the cron hook reached the product, which started no tick: ' . $message);
     }
 });
