@@ -425,12 +425,18 @@ def settings_update():
 
 
 def json_for_unrouted(app) -> None:
-    """Paths under /api/ or /bridge/ that match no route (a bad id, a wrong method) answer JSON too."""
-    from werkzeug.exceptions import MethodNotAllowed, NotFound
+    """Paths under /api/ or /bridge/ that match no route (a bad id, a wrong method) answer JSON too; the
+    panel's own pages answer with its error page, in the admin's language."""
+    from flask import render_template
+    from flask_babel import gettext as _
+    from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 
     def handler(exc: HTTPException):
         if request.path.startswith(("/api/", "/bridge/")):
             return jsonify(error=exc.description or exc.name), exc.code
-        return exc
-    app.register_error_handler(NotFound, handler)
-    app.register_error_handler(MethodNotAllowed, handler)
+        message = {404: _("There is no such page here."),
+                   405: _("This page does not take that kind of request."),
+                   413: _("What was sent is too large.")}[exc.code]
+        return render_template("error.html", code=exc.code, message=message), exc.code
+    for exc_class in (NotFound, MethodNotAllowed, RequestEntityTooLarge):
+        app.register_error_handler(exc_class, handler)

@@ -572,3 +572,16 @@ def test_a_wrong_allowlist_entry_is_shown_on_its_field(logged_in):
     text = answer.get_data(as_text=True)
     assert answer.status_code == 400 and "Not an IP address or network: not-an-ip." in text
     assert 'value="192.0.2.10, not-an-ip"' in text  # what was typed stays
+
+
+def test_unknown_pages_and_wrong_methods_get_the_panels_error_page_in_the_admins_language(logged_in, admin):
+    """Found in review: 404 and 405 were Flask's bare English pages, without the panel around them."""
+    page = logged_in.get("/").get_data(as_text=True)
+    logged_in.post("/language", data={"csrf_token": csrf_of(page), "locale": "de", "next": "/"})
+    missing = logged_in.get("/no/such/page")
+    assert missing.status_code == 404 and '<html lang="de"' in missing.get_data(as_text=True)
+    assert "<nav" in missing.get_data(as_text=True)
+    wrong = logged_in.get("/logout")
+    assert wrong.status_code == 405 and "<nav" in wrong.get_data(as_text=True)
+    api = logged_in.get("/api/v1/no-such-thing")
+    assert api.status_code == 404 and api.is_json
