@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,18 @@ class PanelSessions(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
+def print_progress() -> None:
+    """Send the product's log lines (a worker's or the in-process ticker's cron output and pipeline steps,
+    in the original's format, warnings) to standard output, once per process. Without it Python drops
+    everything below a warning: a worker would run silently."""
+    logger = logging.getLogger("pkvm")
+    if not any(getattr(handler, "pkvm_progress", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.pkvm_progress = True
+        logger.addHandler(handler)
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
@@ -180,6 +193,7 @@ def serve_command(host: str, port: int) -> None:
     app = current_app._get_current_object()
     upgrade()
     if not app.config.get("REDIS_URL") and app.config["TICKER_SECONDS"]:
+        print_progress()
         Ticker(app).start()
         click.echo("In-process ticker started (no REDIS_URL set)")
     click.echo(f"Serving on http://{host}:{port}/")

@@ -19,8 +19,9 @@ _app: Flask | None = None
 def _get_app() -> Flask:
     global _app
     if _app is None:
-        from app import create_app
+        from app import create_app, print_progress
         _app = create_app()
+        print_progress()  # the cron output and the pipelines' steps in the worker's output
     return _app
 
 

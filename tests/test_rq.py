@@ -211,6 +211,8 @@ def test_the_preloaded_worker_process_deploys_a_vm(tmp_path, redis_conn, cluster
                                "--url", REDIS_URL], cwd=Path(__file__).resolve().parent.parent, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
+        # the pipeline's lines, in the original's format, in the worker's output (found in review: dropped)
+        assert "[+] 1. Allocate IP" in done.stdout and "(creation -> set_ip)" in done.stdout, done.stdout[-2000:]
         with app.app_context():
             vm = db.session.get(VM, 510)
             assert vm.status == "ready", done.stderr[-3000:]
