@@ -396,15 +396,25 @@ def help_page():
                            crontab_line=_crontab_line(), active_section="help")
 
 
-def _crontab_line() -> str:
-    """The crontab line for this installation: its folder, its flask command, its instance folder."""
+def _crontab_line() -> str | None:
+    """The crontab line for this installation: its folder, its flask command, its instance folder and, when
+    it is not the default SQLite file, its database (the password shown as ***, never sent to a browser).
+    None with Redis, whose tick is ``rq cron`` (one tick, not two)."""
     import shlex
     import sys
     from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+    if current_app.config.get("REDIS_URL"):
+        return None
     root = Path(current_app.root_path)
     flask = Path(sys.executable).with_name("flask")
-    return (f"* * * * * cd {shlex.quote(str(root))} && PKVM_INSTANCE_PATH={shlex.quote(current_app.instance_path)} "
-            f"{shlex.quote(str(flask))} cron > /dev/null 2>&1")
+    database = make_url(current_app.config["SQLALCHEMY_DATABASE_URI"])
+    default = make_url("sqlite:///" + str(Path(current_app.instance_path) / "pkvm.sqlite3"))
+    env = f"PKVM_INSTANCE_PATH={shlex.quote(current_app.instance_path)}"
+    if database != default:
+        env += f" DATABASE_URL={shlex.quote(database.render_as_string(hide_password=True))}"
+    return f"* * * * * cd {shlex.quote(str(root))} && {env} {shlex.quote(str(flask))} cron > /dev/null 2>&1"
 
 
 def _task_rows() -> list[dict]:

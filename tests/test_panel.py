@@ -211,9 +211,27 @@ def test_cron_settings_show_this_installations_crontab_line(logged_in, app):
     from pathlib import Path
     html = logged_in.get("/settings/cron").get_data(as_text=True)
     assert "Crontab Setup" in html and "This prevents stuck locks from blocking all future cron executions." in html
+    database = app.config["SQLALCHEMY_DATABASE_URI"]  # the tests' own file, not instance/pkvm.sqlite3
     line = f"* * * * * cd {app.root_path} &amp;&amp; PKVM_INSTANCE_PATH={app.instance_path} " \
-           f"{Path(sys.executable).with_name('flask')} cron &gt; /dev/null 2&gt;&amp;1"
+           f"DATABASE_URL={database} {Path(sys.executable).with_name('flask')} cron &gt; /dev/null 2&gt;&amp;1"
     assert line in html and "rq cron jobs/rq_cron.py" in html and "flask cron --task=processVirtualMachines" in html
+
+
+def test_the_crontab_line_names_the_database_without_its_password_and_none_is_offered_with_redis(logged_in, app):
+    """Found in review: the line had no DATABASE_URL, so run from cron it made an empty SQLite file and failed
+    (into /dev/null); and it was offered beside rq cron, the one tick of an installation with Redis."""
+    from pathlib import Path
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + str(Path(app.instance_path) / "pkvm.sqlite3")
+    html = logged_in.get("/help").get_data(as_text=True)
+    assert "cron &gt; /dev/null" in html and "DATABASE_URL" not in html  # the default install needs none
+    app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql+psycopg://pkvm:Db-Secret-99@db.example:5432/pkvm"
+    html = logged_in.get("/help").get_data(as_text=True)
+    assert "DATABASE_URL=&#39;postgresql+psycopg://pkvm:***@db.example:5432/pkvm&#39;" in html  # shell-quoted
+    assert "Db-Secret-99" not in html and "Write the database password where the line shows ***" in html
+    app.config["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+    for page in ("/help", "/settings/cron"):
+        html = logged_in.get(page).get_data(as_text=True)
+        assert "crontab -e" not in html and "Add no crontab line" in html, page
 
 
 def test_vm_reset_redeploy_log_record_and_delete(logged_in):
