@@ -116,7 +116,8 @@ def _healthz():
     status = verdict(report)
     last_tick = report["last_tick"]
     return jsonify(status=status, database=report["database"], mode=report["mode"], redis=report["redis"],
-                   workers=report["workers"], tick_late=report["tick_late"], clock_skew=report["clock_skew"],
+                   workers=report["workers"], workers_dead=report["workers_dead"], tick_late=report["tick_late"],
+                   clock_skew=report["clock_skew"],
                    last_tick=last_tick.isoformat() if last_tick else None), 503 if status == "down" else 200
 
 

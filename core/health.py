@@ -17,12 +17,14 @@ TICK_LATE = timedelta(minutes=5)
 
 
 def health() -> dict:
-    """``database``: it answers; ``mode``: rq or ticker; ``redis``/``workers``: None without Redis;
+    """``database``: it answers; ``mode``: rq or ticker; ``redis``/``workers``: None without Redis
+    (``workers``: those alive; ``workers_dead``: registered still, but killed in the middle of a job);
     ``last_tick``: when any cron task last ran; ``tick_late``: not in the last 5 minutes; ``clock_skew``:
     seconds this machine's clock is behind the database server's (None on SQLite, which has no clock of
     its own)."""
     report = {"database": True, "mode": "rq" if current_app.config.get("REDIS_URL") else "ticker",
-              "redis": None, "workers": None, "last_tick": None, "tick_late": True, "clock_skew": None}
+              "redis": None, "workers": None, "workers_dead": None, "last_tick": None, "tick_late": True,
+              "clock_skew": None}
     try:
         report["last_tick"] = db.session.scalar(select(func.max(CronTask.last_run_at)))
     except Exception:  # noqa: BLE001 - a database that does not answer is what this reports
@@ -33,18 +35,40 @@ def health() -> dict:
         report["tick_late"] = report["last_tick"] is None or utcnow() - report["last_tick"] > TICK_LATE
         report["clock_skew"] = clock_skew()
     if report["mode"] == "rq":
-        from rq import Worker
-
         from .queue import redis_connection, rq_queue
         try:
             conn = redis_connection()
             conn.ping()
             # Workers of this installation's queue only: one Redis may serve several installations.
-            report["redis"], report["workers"] = True, Worker.count(queue=rq_queue())
+            alive, dead = workers_alive(rq_queue())
+            report["redis"], report["workers"], report["workers_dead"] = True, alive, dead
         except Exception:  # noqa: BLE001 - a down Redis is what this reports
             log.warning("health: Redis does not answer", exc_info=True)
             report["redis"], report["workers"] = False, 0
     return report
+
+
+JOB_START_GRACE = timedelta(seconds=60)  # a VM job takes its VM's lease in its first moments
+
+
+def workers_alive(queue) -> tuple[int, int]:
+    """(alive, dead) among the workers RQ has registered for the queue. A worker killed in the middle of a
+    job stays registered for the job's timeout (an hour for a VM job): one whose VM job no longer holds
+    its VM's lease is dead (a VM job renews it as it goes). An idle worker's registration lapses by
+    itself, a few minutes after its last heartbeat."""
+    from rq import Worker
+
+    from .queue import _lease_lapsed, service_of_job
+    alive = dead = 0
+    for worker in Worker.all(queue=queue):
+        execution = worker.execution
+        service_id = service_of_job(execution.job_id) if execution is not None else None
+        started = execution.created_at.replace(tzinfo=None) if execution is not None else None  # UTC
+        if service_id is not None and utcnow() - started > JOB_START_GRACE and _lease_lapsed(service_id):
+            dead += 1
+        else:
+            alive += 1
+    return alive, dead
 
 
 # Leases and the cron lock take their time from the database server (core.clock), but a machine whose own

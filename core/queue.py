@@ -44,6 +44,13 @@ def vm_job_id(service_id: int) -> str:
     return f"{current_app.config['RQ_QUEUE']}-vm-{service_id}"
 
 
+def service_of_job(job_id: str) -> int | None:
+    """The service whose VM job this is (``vm_job_id``), or None for another job."""
+    prefix = vm_job_id(0)[:-1]
+    tail = job_id[len(prefix):] if job_id.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else None
+
+
 ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 
 

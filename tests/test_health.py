@@ -22,7 +22,7 @@ def healthz(app):
 def test_without_redis_it_is_degraded_until_the_cron_ticks(app, runner):
     status, body = healthz(app)
     assert status == 200
-    assert body == {"status": "degraded", "database": True, "mode": "ticker", "redis": None, "workers": None,
+    assert body == {"status": "degraded", "database": True, "mode": "ticker", "redis": None, "workers": None, "workers_dead": None,
                     "tick_late": True, "last_tick": None, "clock_skew": None}
     assert runner.invoke(args=["cron"]).exit_code == 0
     status, body = healthz(app)
@@ -139,3 +139,47 @@ def test_leases_follow_the_database_servers_clock_not_the_machines(tmp_path, mon
             db.engine.dispose()
     finally:
         drop()
+
+
+def test_a_worker_killed_in_the_middle_of_a_vm_job_does_not_count(tmp_path, monkeypatch):
+    """Found in review: a SimpleWorker killed in a job stays registered for the job's timeout (an hour for a
+    VM job), so /healthz said ok with its only worker dead. A worker whose VM job no longer holds its VM's
+    lease is dead."""
+    from datetime import timedelta
+
+    import core.health
+    from core.extensions import db
+    from core.models import VM, Client, Product, Server, Service, utcnow
+    from core.queue import vm_job_id
+    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
+    app = make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}", REDIS_URL=HEALTH_REDIS_URL, RQ_QUEUE=queue_name)
+    conn = Redis.from_url(HEALTH_REDIS_URL)
+    queue = Queue(queue_name, connection=conn)
+    worker = SimpleWorker([queue], connection=conn)
+    with app.app_context():
+        assert app.test_cli_runner().invoke(args=["cron"]).exit_code == 0
+        db.session.add_all([Server(id=1, name="pve", hostname="127.0.0.1", token_id="root@pam!t"), Client(id=1),
+                            Product(id=1, name="p", settings={})])
+        db.session.flush()
+        db.session.add(Service(id=5546, client_id=1, product_id=1, server_id=1))
+        db.session.flush()
+        db.session.add(VM(service_id=5546, server_id=1, vmid=2000, name="vm", status="clone"))
+        db.session.commit()
+        job = queue.enqueue("jobs.worker.process_vm_job", 5546, job_id=vm_job_id(5546))
+        worker.register_birth()
+        try:
+            worker.prepare_execution(job)  # what a worker records as it starts the job
+            status, body = healthz(app)
+            assert body["workers"] == 1 and body["workers_dead"] == 0  # just started: its lease comes next
+            monkeypatch.setattr(core.health, "JOB_START_GRACE", timedelta(seconds=-1))
+            status, body = healthz(app)
+            assert body["workers"] == 0 and body["workers_dead"] == 1 and body["status"] == "degraded"
+            vm = db.session.get(VM, 5546)
+            vm.lease_owner, vm.lease_until = "worker", utcnow() + timedelta(minutes=5)  # working on it
+            db.session.commit()
+            status, body = healthz(app)
+            assert body["workers"] == 1 and body["workers_dead"] == 0 and body["status"] == "ok"
+        finally:
+            worker.register_death()
+            conn.delete(worker.key)
+            queue.delete(delete_jobs=True)
