@@ -133,7 +133,8 @@ def module_call(function: str):
 
 @module_function("TestConnection")
 def test_connection(payload: dict) -> tuple[dict, int]:
-    # WHMCS tests a server from its form, possibly before it is saved: nothing is stored here.
+    # WHMCS tests a server from its form, possibly before it is saved (no serverid yet): such a one is only
+    # tested. A saved one that answers is stored, so that its IP pools can be set up before the first order.
     errors: dict[str, str] = {}
     server = accounts.parse_server(payload, errors, require_id=False)
     if errors:
@@ -143,6 +144,8 @@ def test_connection(payload: dict) -> tuple[dict, int]:
     endpoint = endpoint_for(unsaved, server.token_secret, current_app.instance_path)
     problem = check_connection(Pve(endpoint, timeout=setting("api_timeout")))
     body = {"success": problem is None, "error": problem or ""}
+    if problem is None and server.id:
+        accounts.upsert_server(server)
     accounts.log_call("TestConnection", None, payload, body)
     return body, 200
 

@@ -41,7 +41,7 @@ def validate(values: dict[str, Any], existing: IPPool | None = None) -> dict[str
     try:
         clean["server_id"] = int(values.get("server_id"))
         if not 0 < clean["server_id"] < 2**31 or db.session.get(Server, clean["server_id"]) is None:
-            errors["server_id"] = _l("Unknown server: WHMCS has not sent a call for it yet.")
+            errors["server_id"] = _l("Unknown server: in WHMCS, save the server and press Test Connection (or send it any module call).")
             del clean["server_id"]  # not to be looked up again (a number past the database's integers)
     except (TypeError, ValueError):
         errors["server_id"] = _l("Choose a server.")

@@ -49,7 +49,9 @@ def _decrypt(raw_key: str, stored: str) -> str:
     try:
         return _fernet_for(raw_key).decrypt(stored[len(PREFIX):].encode()).decode()
     except InvalidToken as exc:
-        raise SecretUnreadable("stored secret cannot be decrypted with this instance's key") from exc
+        raise SecretUnreadable("stored secret cannot be decrypted with this instance's key (every process, "
+                               "web and workers, must use the same data_key: the same instance folder, or "
+                               "PKVM_DATA_KEY)") from exc
 
 
 def seals(stored: str | None, plaintext: str) -> bool:

@@ -101,3 +101,20 @@ def test_a_secret_with_a_line_break_is_refused_and_never_echoed(bridge, fakepve,
         pve.get("version")
     assert "TOP-SECRET" not in failed.value.message and "********" in failed.value.message
     assert failed.value.__cause__ is None and failed.value.__suppress_context__  # nor in a logged traceback
+
+
+def test_a_saved_server_that_answers_is_stored_so_its_pools_can_come_first(bridge, fakepve, fakepve_cafile):
+    """Found in review: a server reached the product only with the first order, so its IP pools could not be
+    set up before it and that first deploy failed for want of an address."""
+    from core.extensions import db
+    from core.models import Server
+    from core.vault import unseal
+    fakepve.apitokens["root@pam!whmcs"] = "tok-secret"
+    assert bridge.call("TestConnection", server_params(fakepve, fakepve_cafile, serverid=5,
+                                                       serverpassword="wrong")).get_json()["success"] is False
+    assert db.session.get(Server, 5) is None  # one that does not answer is not kept
+    assert bridge.call("TestConnection", server_params(fakepve, fakepve_cafile, serverid=5)).get_json() == \
+        {"success": True, "error": ""}
+    stored = db.session.get(Server, 5)
+    assert stored.port == fakepve.port and stored.token_id == "root@pam!whmcs"
+    assert unseal(stored.token_secret) == "tok-secret" and stored.token_secret != "tok-secret"
