@@ -145,6 +145,13 @@ def _init_panel_support(app: Flask) -> None:
         from datetime import datetime
         return datetime.fromisoformat(value)
 
+    @app.template_filter("translated")
+    def translated(value: str) -> str:
+        """A stored English text the catalogs know (a step's label) in the admin's language: a plain
+        string, which the template escapes (Jinja's _() would mark it safe)."""
+        from flask_babel import gettext
+        return gettext(value) if value else ""
+
     @app.context_processor
     def globals_for_templates():
         from flask_babel import get_locale

@@ -429,14 +429,13 @@ def json_for_unrouted(app) -> None:
     panel's own pages answer with its error page, in the admin's language."""
     from flask import render_template
     from flask_babel import gettext as _
-    from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
 
     def handler(exc: HTTPException):
         if request.path.startswith(("/api/", "/bridge/")):
             return jsonify(error=exc.description or exc.name), exc.code
         message = {404: _("There is no such page here."),
-                   405: _("This page does not take that kind of request."),
-                   413: _("What was sent is too large.")}[exc.code]
+                   405: _("This page does not take that kind of request.")}[exc.code]
         return render_template("error.html", code=exc.code, message=message), exc.code
-    for exc_class in (NotFound, MethodNotAllowed, RequestEntityTooLarge):
+    for exc_class in (NotFound, MethodNotAllowed):
         app.register_error_handler(exc_class, handler)

@@ -439,6 +439,12 @@ def form_expired(_exc):
         "it again.")), 400
 
 
+@bp.errorhandler(413)
+def too_large(_exc):
+    """A form over the size limit (the bridge and the API answer this in their own JSON)."""
+    return render_template("error.html", code=413, message=_("What was sent is too large.")), 413
+
+
 @bp.app_errorhandler(403)
 def forbidden(_exc):
     if wants_json():

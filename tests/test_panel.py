@@ -604,3 +604,9 @@ def test_unknown_pages_and_wrong_methods_get_the_panels_error_page_in_the_admins
     assert wrong.status_code == 405 and "<nav" in wrong.get_data(as_text=True)
     api = logged_in.get("/api/v1/no-such-thing")
     assert api.status_code == 404 and api.is_json
+
+
+def test_a_form_over_the_size_limit_gets_the_panels_error_page(logged_in, app):
+    page = logged_in.get("/settings").get_data(as_text=True)
+    answer = logged_in.post("/settings", data={"csrf_token": csrf_of(page), "dns_json_allowlist": "x" * (3 << 20)})
+    assert answer.status_code == 413 and "What was sent is too large." in answer.get_data(as_text=True)
