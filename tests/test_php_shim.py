@@ -76,6 +76,10 @@ class FakeServiceModel
 
 require $input['module'];
 $params = $input['params'];
+if ($params !== null && isset($params['password_bytes_hex'])) {  // bytes JSON cannot carry (not UTF-8)
+    $params['password'] = hex2bin($params['password_bytes_hex']);
+    unset($params['password_bytes_hex']);
+}
 if ($params !== null) {
     $params['model'] = new FakeServiceModel($params['serviceid'] ?? 0, $params['password'] ?? '');
 }
@@ -444,3 +448,13 @@ def test_a_bridge_that_takes_the_call_but_does_not_answer_in_time_is_not_called_
             conn.close()
     assert "did not answer within 2 s" in answer and "may still be carrying it out" in answer
     assert "unreachable" not in answer and "VM Management" in answer
+
+
+def test_a_password_that_is_not_utf8_is_refused_not_changed(app, served, cluster, shim):
+    """Found in review: invalid UTF-8 was replaced by U+FFFD on the way, so the VM would have got another
+    password than the one WHMCS holds."""
+    params = account_params(cluster, 8108)
+    params["password_bytes_hex"] = b"P\xe4ssw0rd-latin1".hex()  # "Pässw0rd" in Latin-1
+    created, = shim.run(["puqProxmoxKVM_CreateAccount"], params, url=served, secret=app.config["BRIDGE_SECRET"])
+    assert "service password is not valid UTF-8" in created and "set it again in WHMCS" in created
+    assert db.session.get(VM, 8108) is None  # nothing reached the bridge

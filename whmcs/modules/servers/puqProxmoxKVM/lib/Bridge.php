@@ -193,6 +193,14 @@ final class Bridge
     /** The exact JSON body for $params: always a JSON object, maps as objects even when empty. */
     public static function encode(array $params)
     {
+        // A name with a stray byte may be shown with a replacement character; a secret may not be changed
+        // (the VM would get another password than WHMCS holds): refused instead.
+        foreach (['password' => 'service password', 'serverpassword' => 'server password (API token secret)']
+                 as $key => $what) {
+            if (isset($params[$key]) && is_string($params[$key]) && !preg_match('//u', $params[$key])) {
+                throw new \RuntimeException('the ' . $what . ' is not valid UTF-8 text; set it again in WHMCS');
+            }
+        }
         $clean = self::clean($params);
         $flags = JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION
             | JSON_INVALID_UTF8_SUBSTITUTE;
