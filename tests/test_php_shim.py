@@ -458,3 +458,14 @@ def test_a_password_that_is_not_utf8_is_refused_not_changed(app, served, cluster
     created, = shim.run(["puqProxmoxKVM_CreateAccount"], params, url=served, secret=app.config["BRIDGE_SECRET"])
     assert "service password is not valid UTF-8" in created and "set it again in WHMCS" in created
     assert db.session.get(VM, 8108) is None  # nothing reached the bridge
+
+
+def test_a_short_password_is_masked_where_it_stands_alone_not_inside_words(cluster, shim):
+    """Found in review: every occurrence of a secret was masked, so a short password mangled the admin's
+    message ("c********nect")."""
+    params = account_params(cluster, 8109, password="on")
+    url = f"http://127.0.0.1:{free_port()}"
+    created, = shim.run(["puqProxmoxKVM_CreateAccount"], params, url=url, secret="a" * 64)
+    assert "connect" in created and "********" not in created
+    lines = [line for line in shim.lines() if line.get("action") == "CreateAccount"]
+    assert lines and json.dumps(lines[-1]["request"]).count('"on"') == 0  # the password itself is masked

@@ -170,11 +170,24 @@ final class Relay
         return $secrets;
     }
 
-    /** $value with every secret replaced by the mask, strings inside arrays included. */
+    /**
+     * $value with every secret replaced by the mask, strings inside arrays included. A short secret (under
+     * 8 characters) is masked only where it stands on its own, not inside a longer word: a password "on"
+     * would otherwise turn "connect" into "c********nect".
+     */
     private static function scrub($value, array $secrets)
     {
         if (is_string($value)) {
-            return $secrets ? str_replace($secrets, self::MASK, $value) : $value;
+            foreach ($secrets as $secret) {
+                if (strlen($secret) >= 8) {
+                    $value = str_replace($secret, self::MASK, $value);
+                } else {
+                    $masked = preg_replace('/(?<![\p{L}\p{N}])' . preg_quote($secret, '/') . '(?![\p{L}\p{N}])/u',
+                        self::MASK, $value);
+                    $value = $masked === null ? str_replace($secret, self::MASK, $value) : $masked; // not UTF-8
+                }
+            }
+            return $value;
         }
         if (is_array($value)) {
             foreach ($value as $key => $item) {
