@@ -130,6 +130,10 @@ def token_list_command() -> None:
 translate_cli = AppGroup("translate", help="Extract, update, compile and check the 25 catalogs.")
 ROOT = Path(__file__).resolve().parent.parent
 POT = ROOT / "translations" / "messages.pot"
+# What marks a string for the catalogs besides _(): lazy texts, and the pipelines' step labels
+# (Step("Allocate IP", ...)), which the VM log shows in the admin's language (the cron output keeps the
+# original's English ones).
+EXTRACT_KEYWORDS = ("_l", "lazy_gettext", "Step:1")
 
 
 def _run(*args: str, quiet: bool = False) -> None:
@@ -146,10 +150,8 @@ def _run(*args: str, quiet: bool = False) -> None:
 @translate_cli.command("extract")
 def extract_command() -> None:
     """Collect every _() string of the code and templates into translations/messages.pot."""
-    # Step("Allocate IP", ...): the pipelines' step labels, which the VM log shows in the admin's language
-    # (the cron output keeps the original's English ones).
-    _run("extract", "-F", "babel.cfg", "-k", "_l", "-k", "lazy_gettext", "-k", "Step:1", "--no-location",
-         "--sort-output",
+    keywords = [arg for keyword in EXTRACT_KEYWORDS for arg in ("-k", keyword)]
+    _run("extract", "-F", "babel.cfg", *keywords, "--no-location", "--sort-output",
          "--omit-header", "-o", str(POT), ".")
 
 

@@ -610,3 +610,27 @@ def test_a_form_over_the_size_limit_gets_the_panels_error_page(logged_in, app):
     page = logged_in.get("/settings").get_data(as_text=True)
     answer = logged_in.post("/settings", data={"csrf_token": csrf_of(page), "dns_json_allowlist": "x" * (3 << 20)})
     assert answer.status_code == 413 and "What was sent is too large." in answer.get_data(as_text=True)
+
+
+def test_the_vm_log_speaks_the_admins_language(logged_in):
+    """Found in review: the step labels and results of the VM log were English in every language."""
+    from flask_babel import force_locale, gettext
+    seed_fleet(1)
+    db.session.add(VMRun(service_id=5546, action="deploy", from_status="creation", to_status="set_dns",
+                         result="waiting", steps=[
+                             {"label": "Allocate IP", "from": "creation", "to": "set_ip", "result": "success",
+                              "seconds": 0.1, "at": "2026-04-10T03:53:51"},
+                             {"label": "Set DNS records", "from": "set_ip", "to": "set_dns",
+                              "result": "skip (no DNS zone configured)", "seconds": 0, "at": "2026-04-10T03:53:52"},
+                             {"label": "Set <b>bold</b>", "from": "set_dns", "to": "set_dns", "result": "waiting",
+                              "seconds": 0, "at": "2026-04-10T03:53:53"}]))
+    db.session.commit()
+    page = logged_in.get("/").get_data(as_text=True)
+    logged_in.post("/language", data={"csrf_token": csrf_of(page), "locale": "de", "next": "/"})
+    log = logged_in.get("/vms/5546/log").get_data(as_text=True)
+    with force_locale("de"):
+        wanted = [gettext("Allocate IP"), gettext("Set DNS records"), gettext("success"), gettext("skip"),
+                  gettext("waiting")]
+    assert "Allocate IP" not in wanted and all(text in log for text in wanted), wanted
+    assert f"{wanted[3]} (no DNS zone configured)" in log  # the detail after it stays as the step wrote it
+    assert "Set &lt;b&gt;bold&lt;/b&gt;" in log  # a label the catalogs do not know is shown escaped

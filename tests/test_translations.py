@@ -21,8 +21,10 @@ def test_twenty_five_languages_three_of_them_right_to_left():
 
 def test_messages_pot_is_up_to_date(tmp_path):
     fresh = tmp_path / "fresh.pot"
-    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "extract", "-F", "babel.cfg", "-k", "_l",
-                    "-k", "lazy_gettext", "--no-location", "--omit-header", "-o", str(fresh), "."],
+    from panel.cli import EXTRACT_KEYWORDS
+    keywords = [arg for keyword in EXTRACT_KEYWORDS for arg in ("-k", keyword)]
+    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "extract", "-F", "babel.cfg", *keywords,
+                    "--no-location", "--omit-header", "-o", str(fresh), "."],
                    cwd=ROOT, check=True, capture_output=True)
     with open(fresh, "rb") as fh:
         wanted = {m.id if isinstance(m.id, str) else m.id[0] for m in read_po(fh) if m.id}
