@@ -150,6 +150,15 @@ def test_connection(payload: dict) -> tuple[dict, int]:
     return body, 200
 
 
+@module_function("AdminServicesTabFields")
+def admin_services_tab_fields(payload: dict) -> tuple[dict, int]:
+    """What the service's admin page in WHMCS shows of its VM (label, plain text pairs; the shim escapes
+    them). It only reads: nothing is stored and, a page view not being an action, nothing is logged."""
+    from core import vms
+    params = accounts.parse_account(payload)
+    return {"result": "success", "fields": [list(pair) for pair in vms.service_summary(params.service_id)]}, 200
+
+
 @module_function("SetDNSRecords")
 def set_dns_records(payload: dict) -> tuple[dict, int]:
     """The admin button: queue a full DNS resync for the next tick and answer at once."""

@@ -414,13 +414,14 @@ def _vm_of(service: Service) -> VM:
     return vm
 
 
-def _pve(server: Server):
+def _pve(server: Server, timeout: float | None = None):
+    """The server's Proxmox API with the API timeout (or a shorter ``timeout``)."""
     from flask import current_app
 
     from . import settings
     from .proxmox.client import Pve, endpoint_for
     return Pve(endpoint_for(server, unseal(server.token_secret), current_app.instance_path),
-               timeout=settings.get("api_timeout"))
+               timeout=min(settings.get("api_timeout"), timeout or float("inf")))
 
 
 def power(params: AccountParams, action: str) -> None:

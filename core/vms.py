@@ -16,6 +16,7 @@ from . import ipam
 from . import queue as work_queue
 from .extensions import db
 from .models import VM, Client, IPAddress, Product, Server, Service, VMRun, id_from_text
+from .proxmox.client import ProxmoxError
 
 # The statuses an admin may reset a VM to (seed 002, "Reset VM Status"), with when to use each.
 RESET_STATUSES = ("ready", "creation", "set_ip", "change_package", "set_dns_records", "terminate", "remove")
@@ -296,3 +297,52 @@ def dns_map() -> list[dict[str, str]]:
         forward = f"{name}.{domain}" if domain else name
         out.append({"forward": forward, "ip": address, "reverse": (rev_dns or {}).get(address) or forward})
     return out
+
+
+LIVE_TIMEOUT = 5.0  # seconds Proxmox gets to say how a VM is doing while WHMCS draws a page
+
+
+def service_summary(service_id: int) -> list[tuple[str, str]]:
+    """What WHMCS shows of a service's VM on its admin page (label, plain text), in English as WHMCS's own
+    module fields: the record, its addresses, its last run and error, and how it is doing now on Proxmox
+    (asked with a short timeout; a cluster that does not answer is said, never an error)."""
+    vm = db.session.get(VM, service_id)
+    if vm is None:
+        return [("VM", "No VM is recorded here for this service.")]
+    where = f" on node {vm.node}" if vm.node else ""
+    fields = [("VM status", vm.status),
+              ("VM", f"{vm.name or '-'} (VMID {vm.vmid}){where}" if vm.vmid else f"{vm.name or '-'} (no VMID yet)")]
+    addresses = ipam.assigned(service_id)
+    fields.append(("IP addresses", ", ".join(a.address for a in addresses) or "none"))
+    if vm.vmid and vm.node and vm.server is not None:
+        fields.append(("Now", _live_state(vm)))
+    last = db.session.scalars(select(VMRun).where(VMRun.service_id == service_id)
+                              .order_by(VMRun.id.desc()).limit(1)).first()
+    if last is not None:
+        finished = f"{last.finished_at:%Y-%m-%d %H:%M} UTC" if last.finished_at else "-"
+        fields.append(("Last run", f"{last.action}: {last.result} ({last.from_status} -> {last.to_status}), "
+                                   f"{finished}"))
+    if vm.last_error_message:
+        at = f" at {vm.last_error_at:%Y-%m-%d %H:%M} UTC" if vm.last_error_at else ""
+        fields.append(("Last error", f"{vm.last_error_action or '-'}{at}: {vm.last_error_message}"))
+    return fields
+
+
+def _live_state(vm: VM) -> str:
+    from .accounts import _pve
+    try:
+        state = _pve(vm.server, LIVE_TIMEOUT).get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}
+    except (ProxmoxError, OSError) as exc:
+        return f"not available: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a page of WHMCS must draw whatever went wrong here
+        return f"not available: {type(exc).__name__}: {exc}"
+    parts = [str(state.get("status") or "unknown")]
+    uptime = int(state.get("uptime") or 0)
+    if uptime:
+        days, rest = divmod(uptime, 86400)
+        parts.append(f"up {days} d {rest // 3600} h {rest % 3600 // 60} min")
+    if state.get("cpu") is not None and state.get("status") == "running":
+        parts.append(f"CPU {float(state['cpu']) * 100:.0f} %")
+    if state.get("maxmem"):
+        parts.append(f"RAM {int(state.get('mem') or 0) >> 20} / {int(state['maxmem']) >> 20} MiB")
+    return ", ".join(parts)

@@ -206,7 +206,7 @@ def test_metadata_and_admin_buttons(shim):
     names = [f"puqProxmoxKVM_{suffix}" for suffix in buttons.values()] + [
         f"puqProxmoxKVM_{name}" for name in ("CreateAccount", "SuspendAccount", "UnsuspendAccount",
                                              "TerminateAccount", "ChangePackage", "ChangePassword",
-                                             "TestConnection")]
+                                             "TestConnection", "AdminServicesTabFields")]
     exists = shim.run([["function_exists", [name]] for name in names], None, url=None, secret=None)
     assert exists == [True] * len(names)
 
@@ -469,3 +469,43 @@ def test_a_short_password_is_masked_where_it_stands_alone_not_inside_words(clust
     assert "connect" in created and "********" not in created
     lines = [line for line in shim.lines() if line.get("action") == "CreateAccount"]
     assert lines and json.dumps(lines[-1]["request"]).count('"on"') == 0  # the password itself is masked
+
+
+def test_the_services_admin_page_shows_its_vm(app, served, cluster, shim):
+    """Seed 001 (v3.0): the service's admin page shows the VM, live; here its status, VMID and node, its
+    addresses, how it runs now, its last run and error, and a link into the panel. Every text escaped;
+    a cluster that does not answer is said, not an error; a service with no VM says so."""
+    from jobs.cron import run_tick
+    from jobs.pipeline import Output
+    register_cluster(cluster)
+    params = account_params(cluster, 8111)
+    secret = app.config["BRIDGE_SECRET"]
+    assert shim.run(["puqProxmoxKVM_CreateAccount"], params, url=served, secret=secret) == ["success"]
+    run_tick(Output(None))
+    db.session.expire_all()
+    vm = db.session.get(VM, 8111)
+    assert vm.status == "ready"
+    vm.last_error_action, vm.last_error_message = "deploy", "<b>start</b> failed & retried"
+    db.session.commit()
+    before = len(shim.lines())
+
+    tab, = shim.run(["puqProxmoxKVM_AdminServicesTabFields"], params, url=served, secret=secret)
+    assert tab["VM status"] == "ready"
+    assert tab["VM"] == f"{vm.name} (VMID {vm.vmid}) on node {vm.node}"
+    assert tab["IP addresses"] == "192.0.2.10"
+    assert tab["Now"].startswith("running, ") and "RAM " in tab["Now"] and " MiB" in tab["Now"]
+    assert tab["Last run"].startswith("deploy: success (creation -&gt; ready), ")
+    assert tab["Last error"].endswith(": &lt;b&gt;start&lt;/b&gt; failed &amp; retried")
+    assert tab["PUQ Proxmox KVM"] == f'<a href="{served}/vms?q=8111" target="_blank" rel="noopener noreferrer">' \
+                                     "VM Management in the panel</a>"
+    assert len(shim.lines()) == before  # a page view is no module call worth logging
+
+    cluster.pve.fail("GET", "/status/current", 500, "node busy", times=1)
+    tab, = shim.run(["puqProxmoxKVM_AdminServicesTabFields"], params, url=served, secret=secret)
+    assert tab["Now"].startswith("not available: ") and tab["VM status"] == "ready"
+    other, = shim.run(["puqProxmoxKVM_AdminServicesTabFields"], account_params(cluster, 8112), url=served,
+                      secret=secret)
+    assert other["VM"] == "No VM is recorded here for this service."
+    down, = shim.run(["puqProxmoxKVM_AdminServicesTabFields"], params, url=f"http://127.0.0.1:{free_port()}",
+                     secret=secret)
+    assert list(down) == ["PUQ Proxmox KVM"] and "unreachable" in down["PUQ Proxmox KVM"]

@@ -64,6 +64,13 @@ function puqProxmoxKVM_TestConnection(array $params)
     return \PuqProxmoxKVM\Relay::test($params);
 }
 
+/** The service's admin page: its VM (status, VMID and node, addresses, how it is doing now, last run and
+ * error) and a link to it in the panel; label => HTML. */
+function puqProxmoxKVM_AdminServicesTabFields(array $params)
+{
+    return \PuqProxmoxKVM\Relay::tab($params);
+}
+
 /**
  * Buttons on the service's admin page: label => function suffix. After the everyday ones, the original's
  * commands that run one deploy step on their own (the VM's status is left as it is).

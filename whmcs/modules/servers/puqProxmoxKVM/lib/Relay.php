@@ -34,6 +34,51 @@ final class Relay
         return (new self())->testConnection($params);
     }
 
+    /** AdminServicesTabFields with the configured bridge. */
+    public static function tab(array $params)
+    {
+        return (new self())->serviceTab($params);
+    }
+
+    /**
+     * What the service's admin page shows of its VM: label => HTML, every text escaped here. Never an
+     * exception, never an empty page: WHMCS draws the service page around it, whatever the bridge says.
+     */
+    public function serviceTab(array $params)
+    {
+        $secrets = $this->secrets($params);
+        $message = '';
+        try {
+            $message = $this->bridge->configurationProblem();
+            if ($message === '') {
+                $answer = $this->bridge->call('AdminServicesTabFields', $params);
+                $body = $answer['body'];
+                if ($answer['status'] === 200 && is_array($body) && isset($body['fields']) && is_array($body['fields'])) {
+                    $rows = [];
+                    foreach ($body['fields'] as $pair) {
+                        if (is_array($pair) && count($pair) === 2 && is_scalar($pair[0]) && is_scalar($pair[1])) {
+                            $rows[self::html((string) $pair[0])] = self::html(self::scrub((string) $pair[1], $secrets));
+                        }
+                    }
+                    $panel = $this->bridge->url() . '/vms?q=' . rawurlencode((string) ($params['serviceid'] ?? ''));
+                    $rows['PUQ Proxmox KVM'] = '<a href="' . self::html($panel) . '" target="_blank" '
+                        . 'rel="noopener noreferrer">VM Management in the panel</a>';
+                    return $rows;
+                }
+                $message = $this->interpret('AdminServicesTabFields', $answer, false);
+            }
+        } catch (\Throwable $e) {
+            $message = 'could not ask the bridge: ' . $e->getMessage();
+        }
+        $message = is_string($message) && $message !== '' ? $message : 'Unexpected answer from the bridge.';
+        return ['PUQ Proxmox KVM' => self::html(self::scrub($message, $secrets))];
+    }
+
+    private static function html($text)
+    {
+        return htmlspecialchars($text, ENT_QUOTES | ENT_SUBSTITUTE, 'UTF-8');
+    }
+
     /** An action (CreateAccount, Start, ...): the string 'success' or the message the admin reads. */
     public function action($function, array $params)
     {
