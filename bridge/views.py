@@ -133,8 +133,10 @@ def module_call(function: str):
 
 @module_function("TestConnection")
 def test_connection(payload: dict) -> tuple[dict, int]:
-    # WHMCS tests a server from its form, possibly before it is saved (no serverid yet): such a one is only
-    # tested. A saved one that answers is stored, so that its IP pools can be set up before the first order.
+    # WHMCS tests a server from its form, possibly before it is saved: what the form holds is only tested.
+    # A server id not seen yet that answers is stored, so that its IP pools can be set up before the first
+    # order; a stored server is never changed here (the form may hold unsaved edits: another token or host),
+    # only by the module calls, which carry the saved values.
     errors: dict[str, str] = {}
     server = accounts.parse_server(payload, errors, require_id=False)
     if errors:
@@ -144,7 +146,7 @@ def test_connection(payload: dict) -> tuple[dict, int]:
     endpoint = endpoint_for(unsaved, server.token_secret, current_app.instance_path)
     problem = check_connection(Pve(endpoint, timeout=setting("api_timeout")))
     body = {"success": problem is None, "error": problem or ""}
-    if problem is None and server.id:
+    if problem is None and server.id and db.session.get(Server, server.id) is None:
         accounts.upsert_server(server)
     accounts.log_call("TestConnection", None, payload, body)
     return body, 200

@@ -150,10 +150,14 @@ def update(pool: IPPool, values: dict[str, Any]) -> IPPool:
     range changes, the addresses it was handed back are forgotten (under the pool's lock, as an allocation
     would take one): such a row still names the old server or family, and reused it would give an address
     twice or of the wrong kind."""
-    clean = validate({**{k: getattr(pool, k) for k in FIELDS}, **values}, existing=pool)
+    ipam.lock_pool(pool.id)  # before the checks: no allocation may slip in between them and the change
+    try:
+        clean = validate({**{k: getattr(pool, k) for k in FIELDS}, **values}, existing=pool)
+    except PoolError:
+        db.session.rollback()
+        raise
     moved = any(clean[key] != getattr(pool, key) for key in ("server_id", "family", "first", "last"))
     if moved:
-        ipam.lock_pool(pool.id)
         db.session.execute(IPAddress.__table__.delete().where(IPAddress.pool_id == pool.id,
                                                               IPAddress.service_id.is_(None)))
     for key, value in clean.items():

@@ -189,7 +189,7 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     if clean.get("main_domain") and not (is_host_name(clean["main_domain"]) and
                                          re.match(r"^[A-Za-z0-9]", clean["main_domain"])):
         errors["main_domain"] = _l("Not a valid domain name.")
-    if "os_username" in clean and not OS_USER.match(clean["os_username"]):
+    if clean.get("os_username") and not OS_USER.match(clean["os_username"]):  # "": the service's username
         errors["os_username"] = _l("Not a valid user name: lower-case letters, digits, '_' and '-', at most 32, "
                                    "starting with a letter or '_'.")
     for key in ("vm_name_prefix", "vm_name_rule", "email_welcome", "email_vm_ready", "email_upgrade",

@@ -413,7 +413,12 @@ def _crontab_line() -> str | None:
     default = make_url("sqlite:///" + str(Path(current_app.instance_path) / "pkvm.sqlite3"))
     env = f"PKVM_INSTANCE_PATH={shlex.quote(current_app.instance_path)}"
     if database != default:
-        env += f" DATABASE_URL={shlex.quote(database.render_as_string(hide_password=True))}"
+        # The password of the user part, and of any query parameter that may hold one (?password=, passwd,
+        # sslpassword, a key), is shown as ***.
+        hidden = {key: ("***" if any(word in key.lower() for word in ("pass", "secret", "key", "token"))
+                        else value) for key, value in database.query.items()}
+        shown = database.set(query=hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+        env += f" DATABASE_URL={shlex.quote(shown)}"
     return f"* * * * * cd {shlex.quote(str(root))} && {env} {shlex.quote(str(flask))} cron > /dev/null 2>&1"
 
 

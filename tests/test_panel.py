@@ -228,6 +228,12 @@ def test_the_crontab_line_names_the_database_without_its_password_and_none_is_of
     html = logged_in.get("/help").get_data(as_text=True)
     assert "DATABASE_URL=&#39;postgresql+psycopg://pkvm:***@db.example:5432/pkvm&#39;" in html  # shell-quoted
     assert "Db-Secret-99" not in html and "Write the database password where the line shows ***" in html
+    for url in ("postgresql+psycopg://pkvm@db/pkvm?password=Db-Secret-99&sslmode=require",
+                "mysql+pymysql://pkvm@db/pkvm?passwd=Db-Secret-99", "postgresql+psycopg://pkvm@db/pkvm?sslpassword=Db-Secret-99"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = url
+        html = logged_in.get("/help").get_data(as_text=True)
+        assert "Db-Secret-99" not in html and "=***" in html, url  # found in review: query parameters
+        assert "sslmode=require" in html or "sslmode" not in url  # the rest of the URL stays
     app.config["REDIS_URL"] = "redis://127.0.0.1:6379/0"
     for page in ("/help", "/settings/cron"):
         html = logged_in.get(page).get_data(as_text=True)

@@ -56,12 +56,13 @@ def test_values_the_product_could_not_use_later_are_refused_at_once(app):
 
     for values, field in (({"main_domain": "a..b"}, "main_domain"), ({"main_domain": "x" * 64 + ".com"}, "main_domain"),
                           ({"main_domain": "-a.com"}, "main_domain"), ({"os_username": "root user:x"}, "os_username"),
-                          ({"os_username": "Admin"}, "os_username"), ({"os_username": ""}, "os_username"),
+                          ({"os_username": "Admin"}, "os_username"),
                           ({"vm_name_rule": "{prefix}" * 100}, "vm_name_rule"), ({"email_upgrade": "e" * 256}, "email_upgrade")):
         with pytest.raises(ProductSettingsError) as refused:
             validate(values)
         assert set(refused.value.errors) == {field}, values
     assert validate({"main_domain": "cloud.example.com", "os_username": "ubuntu"})
+    assert validate({"os_username": ""}) == {"os_username": ""}  # empty: the WHMCS service's username
 
     for name in ("-", ".com", "a..b", "-a-.b", "x" * 64 + ".com"):
         with pytest.raises(ZoneError) as refused:

@@ -118,3 +118,20 @@ def test_a_saved_server_that_answers_is_stored_so_its_pools_can_come_first(bridg
     stored = db.session.get(Server, 5)
     assert stored.port == fakepve.port and stored.token_id == "root@pam!whmcs"
     assert unseal(stored.token_secret) == "tok-secret" and stored.token_secret != "tok-secret"
+
+
+def test_a_stored_server_is_never_changed_by_a_test_of_unsaved_form_values(bridge, fakepve, fakepve_cafile):
+    """Found in review: a test of a saved server's form with another working token (or host) overwrote the
+    stored server before the admin saved anything; the workers then used it."""
+    from core.extensions import db
+    from core.models import Server
+    from core.vault import unseal
+    fakepve.apitokens["root@pam!whmcs"] = "tok-secret"
+    fakepve.apitokens["root@pam!trial"] = "trial-secret"
+    assert bridge.call("TestConnection", server_params(fakepve, fakepve_cafile, serverid=6)).get_json()["success"]
+    trial = server_params(fakepve, fakepve_cafile, serverid=6, serverusername="root@pam!trial",
+                          serverpassword="trial-secret")
+    assert bridge.call("TestConnection", trial).get_json() == {"success": True, "error": ""}
+    db.session.expire_all()
+    stored = db.session.get(Server, 6)
+    assert stored.token_id == "root@pam!whmcs" and unseal(stored.token_secret) == "tok-secret"
