@@ -39,12 +39,13 @@ def health() -> dict:
         try:
             conn = redis_connection()
             conn.ping()
-            # Workers of this installation's queue only: one Redis may serve several installations.
-            alive, dead = workers_alive(rq_queue())
-            report["redis"], report["workers"], report["workers_dead"] = True, alive, dead
         except Exception:  # noqa: BLE001 - a down Redis is what this reports
             log.warning("health: Redis does not answer", exc_info=True)
             report["redis"], report["workers"] = False, 0
+        else:
+            # Workers of this installation's queue only: one Redis may serve several installations.
+            report["redis"] = True
+            report["workers"], report["workers_dead"] = workers_alive(rq_queue())
     return report
 
 
@@ -64,10 +65,12 @@ def workers_alive(queue) -> tuple[int, int]:
         execution = worker.execution
         service_id = service_of_job(execution.job_id) if execution is not None else None
         started = execution.created_at.replace(tzinfo=None) if execution is not None else None  # UTC
-        if service_id is not None and utcnow() - started > JOB_START_GRACE and _lease_lapsed(service_id):
-            dead += 1
-        else:
-            alive += 1
+        try:
+            lapsed = service_id is not None and utcnow() - started > JOB_START_GRACE and _lease_lapsed(service_id)
+        except Exception:  # noqa: BLE001 - the database's own state is reported above; count it alive
+            db.session.rollback()
+            lapsed = False
+        dead, alive = (dead + 1, alive) if lapsed else (dead, alive + 1)
     return alive, dead
 
 

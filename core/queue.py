@@ -45,9 +45,10 @@ def vm_job_id(service_id: int) -> str:
 
 
 def service_of_job(job_id: str) -> int | None:
-    """The service whose VM job this is (``vm_job_id``), or None for another job."""
+    """The service whose VM job this is (``vm_job_id``, or a follow-up's ``<vm_job_id>-poll-<hex>``), or None
+    for another job."""
     prefix = vm_job_id(0)[:-1]
-    tail = job_id[len(prefix):] if job_id.startswith(prefix) else ""
+    tail = job_id[len(prefix):].split("-poll-")[0] if job_id.startswith(prefix) else ""
     return int(tail) if tail.isdigit() else None
 
 

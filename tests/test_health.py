@@ -179,6 +179,15 @@ def test_a_worker_killed_in_the_middle_of_a_vm_job_does_not_count(tmp_path, monk
             db.session.commit()
             status, body = healthz(app)
             assert body["workers"] == 1 and body["workers_dead"] == 0 and body["status"] == "ok"
+            # the same for a follow-up job (found in review: "-poll-" ids went unrecognised)
+            vm.lease_until = utcnow() - timedelta(minutes=1)
+            db.session.commit()
+            worker.execution = None
+            conn.delete(worker.executions_key)
+            poll = queue.enqueue("jobs.worker.process_vm_job", 5546, job_id=f"{vm_job_id(5546)}-poll-0a1b2c3d")
+            worker.prepare_execution(poll)
+            status, body = healthz(app)
+            assert body["workers"] == 0 and body["workers_dead"] == 1
         finally:
             worker.register_death()
             conn.delete(worker.key)
