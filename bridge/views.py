@@ -264,7 +264,7 @@ def _step_command(name: str, source: str, payload: dict) -> tuple[dict, int]:
     try:
         # The shim gives up after 30 s: the answer comes before that, whatever the step still has to do.
         answer = work_queue.run_and_wait("jobs.worker.run_step_job", params.service_id, source,
-                                         timeout=STEP_COMMAND_WAIT,
+                                         max(STEP_COMMAND_WAIT - 10, 1), timeout=STEP_COMMAND_WAIT,
                                          job_timeout=module_settings.get("api_heavy_timeout") + 60)
     except work_queue.JobFailed as exc:
         answer = {"result": "error", "message": str(exc)}

@@ -172,8 +172,9 @@ def run_and_wait(func: str, *args, timeout: float, job_timeout: float | None = N
     except RedisTimeout:
         result = None
     if result is None:
-        if job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-            job.cancel()
+        # Taken out of the queue by this call (not by a worker meanwhile): then it is certain it never runs.
+        if job.get_status(refresh=True) == JobStatus.QUEUED and queue.remove(job.id):
+            job.delete()
             raise JobFailed(f"no worker took it within {int(timeout)}s, so it was not run (is an rq worker "
                             "running?)")
         result = job.latest_result()

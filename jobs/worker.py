@@ -65,9 +65,10 @@ def tick_job() -> None:
         run_tick(Output(log.info))
 
 
-def run_step_job(service_id: int, source: str) -> dict:
+def run_step_job(service_id: int, source: str, max_wait: float | None = None) -> dict:
     """One deploy step on its own (the original's admin commands such as VMSetCpuRam), under the VM's
-    lease; the VM's status is left as it is."""
+    lease; the VM's status is left as it is. ``max_wait``: how long it may poll a Proxmox task before it
+    answers that Proxmox goes on with it (the bridge must answer WHMCS in time)."""
     from flask import has_app_context
 
     from .deploy import DEPLOY
@@ -91,7 +92,7 @@ def run_step_job(service_id: int, source: str) -> dict:
             if refused:
                 return {"result": "error", "message": refused}
             try:
-                done = step.run(StepContext(vm, out, out.clock, None))
+                done = step.run(StepContext(vm, out, out.clock, max_wait))
             except (StepFailed, ProxmoxError) as exc:
                 db.session.rollback()
                 return {"result": "error", "message": f"{step.label}: {exc}"}
