@@ -117,7 +117,8 @@ final class Relay
             $result = ['success' => false, 'error' => $result];
         }
         $result = self::scrub($result, $secrets);
-        $this->log($function, $url, $params, self::scrub($raw, $secrets), $result, $secrets);
+        // The raw answer is only logged: every occurrence is masked there, inside words and JSON escapes too.
+        $this->log($function, $url, $params, self::scrub($raw, $secrets, true), $result, $secrets);
         return $result;
     }
 
@@ -218,13 +219,14 @@ final class Relay
     /**
      * $value with every secret replaced by the mask, strings inside arrays included. A short secret (under
      * 8 characters) is masked only where it stands on its own, not inside a longer word: a password "on"
-     * would otherwise turn "connect" into "c********nect".
+     * would otherwise turn "connect" into "c********nect". ``$everywhere``: every occurrence (a text only
+     * logged, never read as a message).
      */
-    private static function scrub($value, array $secrets)
+    private static function scrub($value, array $secrets, $everywhere = false)
     {
         if (is_string($value)) {
             foreach ($secrets as $secret) {
-                if (strlen($secret) >= 8) {
+                if ($everywhere || strlen($secret) >= 8) {
                     $value = str_replace($secret, self::MASK, $value);
                 } else {
                     $masked = preg_replace('/(?<![\p{L}\p{N}])' . preg_quote($secret, '/') . '(?![\p{L}\p{N}])/u',
@@ -236,7 +238,7 @@ final class Relay
         }
         if (is_array($value)) {
             foreach ($value as $key => $item) {
-                $value[$key] = self::scrub($item, $secrets);
+                $value[$key] = self::scrub($item, $secrets, $everywhere);
             }
         }
         return $value;
