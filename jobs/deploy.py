@@ -23,7 +23,7 @@ from core.vault import unseal
 
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pkvm.deploy")
 IPSET = "ipfilter-net0"
 
 

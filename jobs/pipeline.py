@@ -37,7 +37,7 @@ from core.products import Package, PackageError, resolve_package
 from core.proxmox.client import ProxmoxError, Pve, endpoint_for, task_outcome
 from core.vault import unseal
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pkvm.pipeline")
 RUNS_KEPT = 50
 STEP_LINES_KEPT = 40  # detail lines kept per step in the VM log
 ERROR_KEPT = 4000  # characters of a step's error kept on the VM and in its log
