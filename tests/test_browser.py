@@ -494,3 +494,21 @@ def test_product_settings_can_be_edited_and_saved_without_losing_switches(tab, s
         assert saved.cpu_cores == 4
         assert saved.auto_bridge_vlan and saved.firewall_enable and saved.firewall_macfilter
     shot(tab, request)
+
+
+def test_settings_and_record_pages_fit_a_phone(chromium, served, request):
+    """Found in review: at 390 px Cron Settings and DB Record were wider than the screen (a fieldset grows to
+    its widest table; the record's inputs kept their default width)."""
+    seed(served.app)
+    context = chromium.new_context(viewport={"width": 390, "height": 800}, locale="en-US")
+    context.set_default_timeout(5000)
+    tab = context.new_page()
+    try:
+        log_in(tab, served)
+        for path in ("/settings/cron", "/vms/5546/record", "/settings"):
+            tab.goto(served.url + path)
+            width = tab.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, (path, width)
+        shot(tab, request)
+    finally:
+        context.close()
