@@ -126,6 +126,9 @@ def log_in(tab: Page, served: Served) -> None:
     tab.fill("input[name=password]", PASSWORD)
     tab.click("button[type=submit]:has-text('Log in')")
     expect(tab).to_have_url(served.url + "/")
+    # app.js is deferred: until it has run, a change of the language picker submits nothing (seen on a
+    # loaded machine)
+    tab.wait_for_load_state("load")
 
 
 def seed(app, statuses=("ready",)) -> None:
