@@ -183,6 +183,7 @@ def print_progress() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.pkvm_progress = True
         logger.addHandler(handler)
+        logger.propagate = False  # once, in the original's format (not again through a root handler)
 
 
 @click.command("serve")

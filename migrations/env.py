@@ -11,7 +11,9 @@ config = context.config
 
 # Interpret the config file for Python logging, unless the app asks for quiet migrations (flask demo).
 if not current_app.config.get("QUIET_MIGRATIONS"):
-    fileConfig(config.config_file_name)
+    # Not disabling the loggers that exist already: the product's own (a ticker's, a worker's) would fall
+    # silent for the rest of the process after a `flask serve` upgraded the schema.
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger('alembic.env')
 
 

@@ -91,3 +91,46 @@ def test_the_vm_task_at_interval_zero_is_off_for_the_ticker_too(app, bridge, clu
         ticker.join(10)
     db.session.expire_all()
     assert db.session.get(VM, 612).status == "creation"
+
+
+def test_flask_serve_prints_the_cron_output_once_in_the_originals_format(tmp_path):
+    """Found in review: the ticker of `flask serve` ran silently (the schema upgrade's logging set-up
+    disabled the product's loggers, and nothing printed them anyway); then, once printed, every line came
+    twice (again through the root handler)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "PKVM_")) and k != "REDIS_URL"}
+    env.update(PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_TICKER_SECONDS="1",
+               DATABASE_URL=f"sqlite:///{tmp_path / 'serve.sqlite3'}")
+    flask = Path(sys.executable).with_name("flask")
+    proc = subprocess.Popen([str(flask), "serve", "--port", str(port)], cwd=Path(__file__).resolve().parent.parent,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import queue
+    import threading
+    read: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [read.put(line) for line in proc.stdout], daemon=True).start()
+    lines = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                line = read.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            lines.append(line.rstrip("\n"))
+            if "PUQ Proxmox KVM Cron End" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    starts = [line for line in lines if "PUQ Proxmox KVM Cron Start" in line]
+    assert len(starts) == 1, lines[-20:]
+    assert starts[0][:4].isdigit() and "[pkvm" not in starts[0]  # "YYYY-MM-DD HH:MM:SS PUQ ...", as the original
+    assert any("[processVirtualMachines] Done" in line for line in lines)
