@@ -425,12 +425,21 @@ def _pve(server: Server, timeout: float | None = None):
 
 
 def power(params: AccountParams, action: str) -> None:
-    """start / stop / shutdown now (the answer is Proxmox's task id; nothing waits for it)."""
-    from .proxmox.client import ProxmoxError
+    """start / stop / shutdown now (the answer is Proxmox's task id; nothing waits for it). A VM in a
+    pipeline is not started by hand: it would run with its changes half made (CPU and RAM pending,
+    cloud-init not yet read); the pipeline starts it at its end."""
     service = upsert_account(params)
     vm = _vm_of(service)
     if not vm.vmid or not vm.node:
         raise AccountError(f"the VM is not deployed yet (status {vm.status})")
+    if action == "start" and vm.status != "ready":
+        raise AccountError(f"the VM is being worked on (status {vm.status}): its pipeline starts it when it "
+                           "is done")
+    _power(vm, action)
+
+
+def _power(vm: VM, action: str) -> None:
+    from .proxmox.client import ProxmoxError
     try:
         _pve(vm.server).post("nodes", vm.node, "qemu", vm.vmid, "status", action)
     except ProxmoxError as exc:
@@ -461,13 +470,20 @@ def change_package(params: AccountParams) -> VM:
 
 def suspend(params: AccountParams) -> None:
     """WHMCS sets the service's status to Suspended only after this call succeeds, so the call itself still
-    carries the old one: the status is recorded here, for the client actions refused meanwhile."""
-    power(params, "stop")
+    carries the old one: the status is recorded here, for the client actions refused meanwhile (and the
+    pipelines, which then leave the VM off). A VM still being deployed has nothing to stop yet."""
+    vm = _vm_of(upsert_account(params))
+    if vm.vmid and vm.node:
+        _power(vm, "stop")
     _record_status(params.service_id, "Suspended")
 
 
 def unsuspend(params: AccountParams) -> None:
-    power(params, "start")
+    """The VM starts now when it is ready; one in a pipeline is started by the pipeline at its end, now that
+    the service is active again."""
+    vm = _vm_of(upsert_account(params))
+    if vm.status == "ready" and vm.vmid and vm.node:
+        _power(vm, "start")
     _record_status(params.service_id, "Active")
 
 

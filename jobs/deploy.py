@@ -494,8 +494,15 @@ def ensure_running(ctx: StepContext) -> None:
         raise StepFailed(f"VM failed to start (status: {status})")
 
 
+def start_step(ctx: StepContext) -> StepResult:
+    """The deploy's start: not for a suspended service, whose VM stays off until it is unsuspended."""
+    if ctx.service.status == "Suspended":
+        return Done("skip - service suspended")
+    return start_vm(ctx)
+
+
 def verify_running(ctx: StepContext) -> StepResult:
-    if _status(ctx).get("status") != "running":
+    if ctx.service.status != "Suspended" and _status(ctx).get("status") != "running":
         outcome = start_vm(ctx)
         if isinstance(outcome, Wait):  # a runner with a short wait per pass: polled on the next one
             return outcome
@@ -531,6 +538,6 @@ DEPLOY = register(Pipeline("Deploy", "deploy", (
     Step("Configure network", "set_additional_disk_bandwidth", "set_network", configure_network),
     Step("Configure firewall", "set_network", "set_firewall", configure_firewall),
     Step("Configure cloud-init", "set_firewall", "set_cloudinit", configure_cloudinit),
-    Step("Start VM", "set_cloudinit", "starting", start_vm),
+    Step("Start VM", "set_cloudinit", "starting", start_step),
     Step("Verify running + Email", "starting", "ready", verify_running),
 )))

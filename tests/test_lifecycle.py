@@ -877,3 +877,69 @@ def test_terminating_an_active_service_with_no_vm_here_is_an_error(app, bridge, 
     # WHMCS marked it Terminated by hand: a later call is no error
     answer = bridge.call("TerminateAccount", account_params(cluster, 5601, status="Terminated")).get_json()
     assert answer == {"result": "success"}
+
+
+# ----------------------------------------------------------------------------- calls crossing pipelines
+
+def test_a_service_suspended_while_its_vm_is_in_a_pipeline_stays_off(app, bridge, cluster, clock):
+    """Found by a stateful fuzz of WHMCS calls: a deploy (or a reinstall's) started the VM of a service
+    suspended meanwhile; it ended ready and running."""
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    cluster.pve.fail("POST", "/status/start", 500, "no quorum", times=1)
+    tick(clock)
+    vm = db.session.get(VM, 5546)
+    db.session.refresh(vm)
+    assert vm.status == "set_cloudinit"  # the start failed: the deploy waits there
+    assert bridge.call("SuspendAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    clock.advance(60)
+    lines: list[str] = []
+    tick(clock, lines)
+    db.session.refresh(vm)
+    assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status != "running", "\n".join(lines)
+    assert any("skip - service suspended" in line for line in lines)
+    # unsuspended: it runs again
+    assert bridge.call("UnsuspendAccount", account_params(cluster, 5546, status="Suspended")).get_json() == \
+        {"result": "success"}
+    assert cluster.pve.vm(vm.vmid).status == "running"
+
+    # a reinstall queued, then a suspend before the tick: the new VM stays off too
+    assert bridge.call("Reinstall", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    assert bridge.call("SuspendAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    clock.advance(60)
+    tick(clock)
+    db.session.refresh(vm)
+    assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status != "running"
+
+
+def test_start_and_unsuspend_leave_a_vm_in_a_pipeline_to_it(app, bridge, cluster, clock):
+    """Found by a stateful fuzz of WHMCS calls: Start (or Unsuspend) while a change package waited between
+    its stop and its start ran the VM with the new CPU and RAM still pending, and it was reported ready."""
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    options = {"CPU Cores": "4", "RAM": "4 GB"}
+    cluster.pve.fail("PUT", "/config", 500, "VM is locked (backup)", times=1)
+    change(bridge, cluster, clock, options)
+    db.session.refresh(vm)
+    assert vm.status not in ("ready", "change_package") and cluster.pve.vm(vm.vmid).status == "stopped"
+    started = bridge.call("Start", account_params(cluster, 5546, configoptions=options)).get_json()
+    assert started["result"] == "error" and "its pipeline starts it when it is done" in started["message"]
+    assert bridge.call("UnsuspendAccount", account_params(cluster, 5546, configoptions=options)).get_json() == \
+        {"result": "success"}
+    assert cluster.pve.vm(vm.vmid).status == "stopped"  # left to the pipeline
+    clock.advance(60)
+    tick(clock)
+    db.session.refresh(vm)
+    guest = cluster.pve.vm(vm.vmid)
+    assert vm.status == "ready" and guest.status == "running"
+    assert int(guest.config["cores"]) == 4 and not guest.pending
+
+
+def test_suspending_a_service_whose_vm_is_not_cloned_yet_is_no_error(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    assert bridge.call("SuspendAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    tick(clock)
+    vm = db.session.get(VM, 5546)
+    db.session.refresh(vm)
+    assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status != "running"
