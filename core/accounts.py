@@ -548,7 +548,9 @@ def _client_action(params: AccountParams, known_service: bool) -> tuple[Service,
     before anything is stored; ``known_service``: it must exist already), not suspended, and its VM is ready.
     Returns the service (stored as the call carries it) and its VM."""
     existing = db.session.get(Service, params.service_id)
-    if (existing is None and known_service) or (existing is not None and existing.client_id != params.client_id):
+    if existing is None and known_service:
+        raise AccountError("this service has no VM here")
+    if existing is not None and existing.client_id != params.client_id:
         raise AccountError("this service belongs to another client")
     if _suspended(existing, params):
         raise AccountError("the service is suspended")

@@ -529,7 +529,9 @@ def test_reset_password_changes_it_in_whmcs_cloudinit_and_by_email(app, bridge, 
     assert cluster.pve.vm(vm.vmid).config["cipassword"] == new and cluster.pve.vm(vm.vmid).status == "running"
     assert whmcs_api.emails()[-1] == "puqProxmoxKVM Reset Password"
     other = bridge.call("ResetPassword", account_params(cluster, 5546, userid=8)).get_json()
-    assert other["result"] == "error"
+    assert other == {"result": "error", "message": "this service belongs to another client"}
+    unknown = bridge.call("ResetPassword", account_params(cluster, 5599)).get_json()
+    assert unknown == {"result": "error", "message": "this service has no VM here"}  # not "another client"
 
 
 def test_change_password_from_whmcs_rewrites_cloudinit(app, bridge, cluster, clock):
