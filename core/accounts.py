@@ -474,8 +474,21 @@ def suspend(params: AccountParams) -> None:
     pipelines, which then leave the VM off). A VM still being deployed has nothing to stop yet."""
     vm = _vm_of(upsert_account(params))
     if vm.vmid and vm.node:
-        _power(vm, "stop")
+        try:
+            _power(vm, "stop")
+        except AccountError:
+            # Refused, as Proxmox refuses to stop a VM under a config lock (a clone in progress): no error
+            # when the VM is off anyway, since the pipelines leave a suspended service's VM off.
+            if _power_state(vm) != "stopped":
+                raise
     _record_status(params.service_id, "Suspended")
+
+
+def _power_state(vm: VM) -> str | None:
+    try:
+        return (_pve(vm.server).get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}).get("status")
+    except Exception:  # noqa: BLE001 - unknown: the caller reports the refusal it had
+        return None
 
 
 def unsuspend(params: AccountParams) -> None:

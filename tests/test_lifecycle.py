@@ -945,3 +945,22 @@ def test_suspending_a_service_whose_vm_is_not_cloned_yet_is_no_error(app, bridge
     vm = db.session.get(VM, 5546)
     db.session.refresh(vm)
     assert vm.status == "ready" and cluster.pve.vm(vm.vmid).status != "running"
+
+
+@pytest.mark.time_scale(0.01)
+def test_suspending_a_service_while_its_vm_is_cloned_is_no_error(app, bridge, cluster, clock):
+    """Found by a stateful fuzz of WHMCS calls: Proxmox refuses to stop a VM under its clone lock, and the
+    suspend of a fresh order (a fraud check, say) answered WHMCS an error although the VM is off."""
+    from tests.conftest import hold_tasks
+    register_cluster(cluster, **PRODUCT)
+    released = hold_tasks(cluster.pve, "qmclone")
+    try:
+        bridge.call("CreateAccount", account_params(cluster, 5546))
+        tick(clock, max_wait=0)
+        vm = db.session.get(VM, 5546)
+        db.session.refresh(vm)
+        assert vm.vmid and cluster.pve.vm(vm.vmid).lock == "clone"
+        assert bridge.call("SuspendAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
+        assert db.session.get(Service, 5546).status == "Suspended"
+    finally:
+        released.set()
