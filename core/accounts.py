@@ -457,8 +457,17 @@ def _queue(vm: VM, status: str, allowed_from: tuple[str, ...] = ("ready",)) -> N
     work_queue.enqueue_recorded(vm.service_id)
 
 
+def _refuse_if_busy(service_id: int, status: str) -> None:
+    """A change refused because the VM is busy is refused before anything of it is stored: a pipeline in
+    progress reads the service as stored, and would apply half of a change WHMCS was told failed."""
+    vm = db.session.get(VM, service_id)
+    if vm is not None and vm.status not in ("ready", status, "remove"):
+        raise AccountError(f"the VM is busy ({vm.status}); try again when it is ready")
+
+
 def change_package(params: AccountParams) -> VM:
     """Store the new package and queue the change-package pipeline; answers at once."""
+    _refuse_if_busy(params.service_id, "change_package")
     service = upsert_account(params)
     problems = product_problems(package_of(service).settings)
     if problems:
@@ -539,6 +548,7 @@ def terminate(params: AccountParams) -> VM | None:
 
 def change_password(params: AccountParams) -> VM:
     """WHMCS set a new password on the service: rewrite cloud-init with it (queued)."""
+    _refuse_if_busy(params.service_id, "change_password")
     service = upsert_account(params)
     vm = _vm_of(service)
     _queue(vm, "change_password")

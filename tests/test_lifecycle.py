@@ -964,3 +964,31 @@ def test_suspending_a_service_while_its_vm_is_cloned_is_no_error(app, bridge, cl
         assert db.session.get(Service, 5546).status == "Suspended"
     finally:
         released.set()
+
+
+def test_a_change_package_refused_as_busy_stores_nothing_of_it(app, bridge, cluster, clock):
+    """Found by a stateful fuzz of WHMCS calls: a ChangePackage refused because the deploy was under way had
+    its options stored all the same; the deploy's later steps applied them (CPU and RAM) but not its earlier
+    ones (the addresses), while WHMCS had been told the change failed."""
+    register_cluster(cluster, **PRODUCT)
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    cluster.pve.fail("PUT", "/config", 500, "VM is locked (backup)", times=1)
+    tick(clock)
+    vm = db.session.get(VM, 5546)
+    db.session.refresh(vm)
+    assert vm.status not in ("ready", "creation")
+    options = {"CPU Cores": "1", "RAM": "1 GB", "IPv6 Addresses": "1"}
+    refused = bridge.call("ChangePackage", account_params(cluster, 5546, configoptions=options)).get_json()
+    assert refused["result"] == "error" and "busy" in refused["message"]
+    assert db.session.get(Service, 5546).configoptions == {}  # nothing of the refused change kept
+    clock.advance(60)
+    tick(clock)
+    db.session.refresh(vm)
+    guest = cluster.pve.vm(vm.vmid)
+    assert vm.status == "ready" and int(guest.config["cores"]) == PRODUCT["cpu_cores"]
+    # tried again once the VM is ready, the change applies whole
+    change(bridge, cluster, clock, options)
+    db.session.refresh(vm)
+    guest = cluster.pve.vm(vm.vmid)
+    assert vm.status == "ready" and int(guest.config["cores"]) == 1
+    assert [a.family for a in ipam.assigned(5546)] == [4, 6]
