@@ -440,10 +440,21 @@ def power(params: AccountParams, action: str) -> None:
 
 def _power(vm: VM, action: str) -> None:
     from .proxmox.client import ProxmoxError
+    from .proxmox.cluster import is_ours, vm_location
+    pve = _pve(vm.server)
     try:
-        _pve(vm.server).post("nodes", vm.node, "qemu", vm.vmid, "status", action)
+        pve.post("nodes", vm.node, "qemu", vm.vmid, "status", action)
     except ProxmoxError as exc:
-        raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {exc.message}") from None
+        # Moved to another node since (Proxmox HA, an admin's migration): found there, and asked there.
+        found = vm_location(pve, vm.vmid) if "does not exist" in exc.message else None
+        if not (found and found.get("node") != vm.node and is_ours(found, vm.name, vm.vmid)):
+            raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {exc.message}") from None
+        vm.node = found["node"]
+        db.session.commit()
+        try:
+            pve.post("nodes", vm.node, "qemu", vm.vmid, "status", action)
+        except ProxmoxError as again:
+            raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {again.message}") from None
 
 
 def _queue(vm: VM, status: str, allowed_from: tuple[str, ...] = ("ready",)) -> None:

@@ -378,11 +378,31 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
         release(service_id, owner)
 
 
+# Pipelines that work on a VM made earlier: it may have moved to another node since (Proxmox HA, an admin's
+# migration), so its node is looked up first. (Deploy, terminate and redeploy look it up themselves.)
+FOLLOWS_MOVES = ("change_package", "reset_password", "change_password")
+
+
+def _follow_move(ctx: "StepContext") -> None:
+    from core.proxmox.cluster import is_ours, vm_location
+    vm = ctx.vm
+    try:
+        found = vm_location(ctx.pve(), vm.vmid)
+    except ProxmoxError:
+        return  # the steps meet the same problem and say it
+    if found and found.get("node") and found["node"] != vm.node and is_ours(found, vm.name, vm.vmid):
+        ctx.out.line(f"VM {vm.vmid} is on node {found['node']} now (it was on {vm.node})")
+        vm.node = found["node"]
+        ctx.commit()
+
+
 def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wait: float | None,
                   result: RunResult, renew: Callable[[], None] = lambda: None) -> None:
     ctx = StepContext(vm, out, clock, max_wait, keep_lease=renew)
     source, started, steps = vm.status, clock.now(), []
     out.line(f"--- {pipeline.name}: service={vm.service_id} vm={vm.vmid or '-'} status={vm.status} ---")
+    if pipeline.action in FOLLOWS_MOVES and vm.vmid and vm.node:
+        _follow_move(ctx)
     number, error = 0, None
     outcome = "success"
     while vm.status != pipeline.final:

@@ -992,3 +992,28 @@ def test_a_change_package_refused_as_busy_stores_nothing_of_it(app, bridge, clus
     guest = cluster.pve.vm(vm.vmid)
     assert vm.status == "ready" and int(guest.config["cores"]) == 1
     assert [a.family for a in ipam.assigned(5546)] == [4, 6]
+
+
+def test_a_vm_moved_to_another_node_is_found_there(app, bridge, cluster, clock):
+    """Found by a stateful fuzz of WHMCS calls: a VM Proxmox moved to another node (HA, an admin's
+    migration) was asked for on its old node for ever: change package retried "Configuration file ... does
+    not exist" and Start and Stop failed."""
+    from core.accounts import _pve
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    old = vm.node
+    new = "pve2" if old == "pve1" else "pve1"
+    pve = _pve(vm.server)
+    pve.post("nodes", old, "qemu", vm.vmid, "status", "stop")
+    pve.post("nodes", old, "qemu", vm.vmid, "migrate", target=new)
+    assert cluster.pve.vm(vm.vmid).node == new  # moved behind the product's back
+    assert bridge.call("Start", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    db.session.refresh(vm)
+    assert vm.node == new and cluster.pve.vm(vm.vmid).status == "running"
+    vm.node = old  # as if only the pipeline had to find it
+    db.session.commit()
+    lines = change(bridge, cluster, clock, {"CPU Cores": "3"})
+    db.session.refresh(vm)
+    assert vm.status == "ready" and vm.node == new, "\n".join(lines)
+    assert int(cluster.pve.vm(vm.vmid).config["cores"]) == 3
+    assert any(f"is on node {new} now" in line for line in lines)
