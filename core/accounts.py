@@ -446,7 +446,10 @@ def _power(vm: VM, action: str) -> None:
         pve.post("nodes", vm.node, "qemu", vm.vmid, "status", action)
     except ProxmoxError as exc:
         # Moved to another node since (Proxmox HA, an admin's migration): found there, and asked there.
-        found = vm_location(pve, vm.vmid) if "does not exist" in exc.message else None
+        try:
+            found = vm_location(pve, vm.vmid) if "does not exist" in exc.message else None
+        except ProxmoxError:
+            found = None  # the refusal is what the admin reads
         if not (found and found.get("node") != vm.node and is_ours(found, vm.name, vm.vmid)):
             raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {exc.message}") from None
         vm.node = found["node"]
