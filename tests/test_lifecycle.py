@@ -1017,3 +1017,13 @@ def test_a_vm_moved_to_another_node_is_found_there(app, bridge, cluster, clock):
     assert vm.status == "ready" and vm.node == new, "\n".join(lines)
     assert int(cluster.pve.vm(vm.vmid).config["cores"]) == 3
     assert any(f"is on node {new} now" in line for line in lines)
+
+
+def test_a_start_whose_node_lookup_fails_answers_proxmoxs_refusal(app, bridge, cluster, clock):
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    cluster.pve.fail("POST", "/status/start", 500, f"Configuration file 'nodes/{vm.node}/qemu-server/"
+                     f"{vm.vmid}.conf' does not exist", times=1)
+    cluster.pve.fail("GET", "/cluster/resources", 500, "cluster not ready - no quorum?", times=1)
+    answer = bridge.call("Start", account_params(cluster, 5546)).get_json()
+    assert answer["result"] == "error" and "does not exist" in answer["message"]
