@@ -883,15 +883,21 @@ def test_terminating_an_active_service_with_no_vm_here_is_an_error(app, bridge, 
 
 # ----------------------------------------------------------------------------- calls crossing pipelines
 
+def paused_deploy(bridge, cluster, clock, method: str, path: str, message: str) -> VM:
+    """A CreateAccount whose deploy fails once at ``method path`` and waits at that step."""
+    bridge.call("CreateAccount", account_params(cluster, 5546))
+    cluster.pve.fail(method, path, 500, message, times=1)
+    tick(clock)
+    vm = db.session.get(VM, 5546)
+    db.session.refresh(vm)
+    return vm
+
+
 def test_a_service_suspended_while_its_vm_is_in_a_pipeline_stays_off(app, bridge, cluster, clock):
     """Found by a stateful fuzz of WHMCS calls: a deploy (or a reinstall's) started the VM of a service
     suspended meanwhile; it ended ready and running."""
     register_cluster(cluster, **PRODUCT)
-    bridge.call("CreateAccount", account_params(cluster, 5546))
-    cluster.pve.fail("POST", "/status/start", 500, "no quorum", times=1)
-    tick(clock)
-    vm = db.session.get(VM, 5546)
-    db.session.refresh(vm)
+    vm = paused_deploy(bridge, cluster, clock, "POST", "/status/start", "no quorum")
     assert vm.status == "set_cloudinit"  # the start failed: the deploy waits there
     assert bridge.call("SuspendAccount", account_params(cluster, 5546)).get_json() == {"result": "success"}
     clock.advance(60)
@@ -971,11 +977,7 @@ def test_a_change_package_refused_as_busy_stores_nothing_of_it(app, bridge, clus
     its options stored all the same; the deploy's later steps applied them (CPU and RAM) but not its earlier
     ones (the addresses), while WHMCS had been told the change failed."""
     register_cluster(cluster, **PRODUCT)
-    bridge.call("CreateAccount", account_params(cluster, 5546))
-    cluster.pve.fail("PUT", "/config", 500, "VM is locked (backup)", times=1)
-    tick(clock)
-    vm = db.session.get(VM, 5546)
-    db.session.refresh(vm)
+    vm = paused_deploy(bridge, cluster, clock, "PUT", "/config", "VM is locked (backup)")
     assert vm.status not in ("ready", "creation")
     options = {"CPU Cores": "1", "RAM": "1 GB", "IPv6 Addresses": "1"}
     refused = bridge.call("ChangePackage", account_params(cluster, 5546, configoptions=options)).get_json()
