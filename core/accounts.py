@@ -507,9 +507,14 @@ def suspend(params: AccountParams) -> None:
     _record_status(params.service_id, "Suspended")
 
 
+def vm_state(vm: VM, timeout: float | None = None) -> dict:
+    """Proxmox's status/current of the VM (status, uptime, cpu, mem, maxmem); raises ProxmoxError."""
+    return _pve(vm.server, timeout).get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}
+
+
 def _power_state(vm: VM) -> str | None:
     try:
-        return (_pve(vm.server).get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}).get("status")
+        return vm_state(vm).get("status")
     except Exception:  # noqa: BLE001 - unknown: the caller reports the refusal it had
         return None
 

@@ -70,7 +70,10 @@ def workers_alive(queue) -> tuple[int, int]:
         except Exception:  # noqa: BLE001 - the database's own state is reported above; count it alive
             db.session.rollback()
             lapsed = False
-        dead, alive = (dead + 1, alive) if lapsed else (dead, alive + 1)
+        if lapsed:
+            dead += 1
+        else:
+            alive += 1
     return alive, dead
 
 

@@ -16,7 +16,6 @@ from . import ipam
 from . import queue as work_queue
 from .extensions import db
 from .models import VM, Client, IPAddress, Product, Server, Service, VMRun, id_from_text
-from .proxmox.client import ProxmoxError
 
 # The statuses an admin may reset a VM to (seed 002, "Reset VM Status"), with when to use each.
 RESET_STATUSES = ("ready", "creation", "set_ip", "change_package", "set_dns_records", "terminate", "remove")
@@ -329,13 +328,11 @@ def service_summary(service_id: int) -> list[tuple[str, str]]:
 
 
 def _live_state(vm: VM) -> str:
-    from .accounts import _pve
+    from .accounts import vm_state
     try:
-        state = _pve(vm.server, LIVE_TIMEOUT).get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}
-    except (ProxmoxError, OSError) as exc:
-        return f"not available: {exc}"
+        state = vm_state(vm, LIVE_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - a page of WHMCS must draw whatever went wrong here
-        return f"not available: {type(exc).__name__}: {exc}"
+        return f"not available: {exc}"
     parts = [str(state.get("status") or "unknown")]
     uptime = int(state.get("uptime") or 0)
     if uptime:

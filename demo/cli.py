@@ -106,6 +106,7 @@ def _run_demo(port: int, vms: int, time_scale: float, exit_when_ready: bool) -> 
     from flask_migrate import upgrade
     from werkzeug.serving import make_server
 
+    from app import print_progress
     from bridge.signing import signed_headers
     from core import admins
     from core.extensions import db
@@ -116,14 +117,7 @@ def _run_demo(port: int, vms: int, time_scale: float, exit_when_ready: bool) -> 
     upgrade()
     password = secrets.token_urlsafe(12)
     admins.create_admin("demo", password)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("pkvm.ticker", "pkvm.worker"):
-        logger = logging.getLogger(name)
-        logger.disabled = False
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    print_progress()  # the ticker's cron output and the pipelines' steps, as the original prints them
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     proc, info = start_cluster(time_scale, Path(app.instance_path) / "demo-pki")
     try:
