@@ -6,6 +6,7 @@ then acts, so a step run twice, or resumed after a crash, changes nothing the se
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from urllib.parse import quote
 
@@ -171,7 +172,7 @@ def clone(ctx: StepContext) -> StepResult:
     vm, pkg = ctx.vm, ctx.package
     template_vmid, template_node = template_of(ctx)
     pve = ctx.pve()
-    if not (vm.task_upid and vm.task_status == vm.status):
+    if not ctx.tracked_task():
         if vm.vmid is not None:
             found = vm_location(pve, vm.vmid)
             if found is not None:
@@ -258,7 +259,7 @@ def migrate(ctx: StepContext) -> StepResult:
     if not settings.get("migration_enabled"):
         return Done("skip - migration disabled")
     pve = ctx.pve()
-    if not (vm.task_upid and vm.task_status == vm.status):
+    if not ctx.tracked_task():
         found = vm_location(pve, vm.vmid)
         if found is None:
             raise StepFailed(f"VM {vm.vmid} is not on the cluster")
@@ -473,7 +474,7 @@ def _status(ctx: StepContext) -> dict:
 
 def start_vm(ctx: StepContext, natural_wait: float | None = None) -> StepResult:
     vm = ctx.vm
-    if not (vm.task_upid and vm.task_status == vm.status) and _status(ctx).get("status") == "running":
+    if not ctx.tracked_task() and _status(ctx).get("status") == "running":
         return Done("already running")
     pve = ctx.pve()
     try:
@@ -494,11 +495,76 @@ def ensure_running(ctx: StepContext) -> None:
         raise StepFailed(f"VM failed to start (status: {status})")
 
 
+def stop_vm(ctx: StepContext, natural_wait: float) -> StepResult:
+    """Power the VM off: an ACPI shutdown, forced once ``natural_wait`` seconds have passed."""
+    vm = ctx.vm
+    pve = ctx.pve()
+    if not ctx.tracked_task() and _status(ctx).get("status") != "running":
+        return Done()
+    return ctx.await_task(lambda: pve.post("nodes", vm.node, "qemu", vm.vmid, "status", "shutdown",
+                                           timeout=int(natural_wait), forceStop=1), natural_wait + 30, "stop")
+
+
+def task_type(upid: str | None) -> str:
+    """The type field of a UPID (``UPID:node:pid:pstart:starttime:type:id:user:``): qmstart, qmshutdown..."""
+    parts = (upid or "").split(":")
+    return parts[5] if len(parts) > 5 else ""
+
+
+CLOUDINIT_KEY = re.compile(r"^(ipconfig\d+|nameserver|searchdomain|ciuser|cipassword|sshkeys|cicustom)$")
+
+
+def _is_pending(item: dict) -> bool:
+    """An entry of /pending that the next power-on changes: a deletion, or a value other than the current one
+    (Proxmox itself drops a pending value equal to the current)."""
+    return bool(item.get("delete")) or ("pending" in item and str(item["pending"]) != str(item.get("value", "")))
+
+
+def cloudinit_pending(ctx: StepContext) -> bool:
+    """Whether cloud-init settings wait for the next start: a running guest keeps its old addresses until
+    then, while the pool may already hand a released one to another VM. Proxmox writes cloud-init options
+    of a running VM into its config at once and lists what the drive does not have yet under /cloudinit
+    (PVE 7.2 and later); an older one keeps them in /pending."""
+    path = ("nodes", ctx.vm.node, "qemu", ctx.vm.vmid)
+    try:
+        items = ctx.pve().get(*path, "cloudinit") or []
+    except ProxmoxError as exc:
+        if exc.status not in (400, 404, 501):  # only "no such call here" means an older Proxmox
+            raise
+        items = ctx.pve().get(*path, "pending") or []
+    return any(CLOUDINIT_KEY.match(str(item.get("key", ""))) and _is_pending(item) for item in items)
+
+
+def pending_changes(ctx: StepContext) -> list[str]:
+    """What a running VM takes only at its next power-on: the config keys Proxmox keeps pending (CPU, RAM,
+    disks and network that are not hot-plugged) and cloud-init settings its drive does not have yet."""
+    vm = ctx.vm
+    keys = [str(item.get("key")) for item in ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "pending") or []
+            if _is_pending(item)]
+    if not any(CLOUDINIT_KEY.match(key) for key in keys) and cloudinit_pending(ctx):
+        keys.append("cloud-init")
+    return keys
+
+
 def start_step(ctx: StepContext) -> StepResult:
-    """The deploy's start: not for a suspended service, whose VM stays off until it is unsuspended."""
+    """The deploy's start: not for a suspended service, whose VM stays off until it is unsuspended.
+
+    A VM that already runs (a deploy run again from an earlier status by an admin) has the steps' changes
+    pending in Proxmox until it is powered off: it is stopped here, and the next step starts it."""
     if ctx.service.status == "Suspended":
         return Done("skip - service suspended")
-    return start_vm(ctx)
+    if ctx.tracked_task():
+        if task_type(ctx.tracked_task()) != "qmshutdown":
+            return start_vm(ctx)
+    elif _status(ctx).get("status") != "running":
+        return start_vm(ctx)
+    else:
+        pending = pending_changes(ctx)
+        if not pending:
+            return Done("already running")
+        ctx.out.line(f"    pending until the VM is powered off: {', '.join(pending)}")
+    outcome = stop_vm(ctx, settings.get("api_heavy_timeout"))
+    return outcome if isinstance(outcome, Wait) else Done("stopped to apply pending changes; started next")
 
 
 def verify_running(ctx: StepContext) -> StepResult:

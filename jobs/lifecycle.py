@@ -3,17 +3,15 @@ failure, ``error_terminate``), and reset password. Each step compares the packag
 ``skip - no change`` rather than touch Proxmox for nothing."""
 from __future__ import annotations
 
-import re
-
 from core import dns, ipam, settings, whmcs
 from core.proxmox import disks
 from core.proxmox.client import ProxmoxError
 from core.proxmox.cluster import is_ours, vm_location
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
-                     _system_disk, access_parameters, cloudinit_values, configure_firewall, configure_network,
-                     dns_target, ensure_running, network_values, resize_system_disk, send_mail, set_cpu_ram, start_vm,
-                     sync_ipset)
+                     _system_disk, access_parameters, cloudinit_pending, cloudinit_values, configure_firewall,
+                     configure_network, dns_target, ensure_running, network_values, resize_system_disk, send_mail,
+                     set_cpu_ram, start_vm, stop_vm, sync_ipset, task_type)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
 CP_START_WAIT = 60  # seconds the start at the end of a change package is polled in the same pass
@@ -45,28 +43,9 @@ def _hardware_changes(ctx: StepContext) -> list[str]:
             changes.append("additional disk I/O")
     if config.get("net0") != network_values(ctx, config):
         changes.append("network")
-    if _cloudinit_pending(ctx):
+    if cloudinit_pending(ctx):
         changes.append("cloud-init")
     return changes
-
-
-CLOUDINIT_KEY = re.compile(r"^(ipconfig\d+|nameserver|searchdomain|ciuser|cipassword|sshkeys|cicustom)$")
-
-
-def _cloudinit_pending(ctx: StepContext) -> bool:
-    """Whether cloud-init settings wait for the next start: a running guest keeps its old addresses until
-    then, while the pool may already hand a released one to another VM. Proxmox writes cloud-init options
-    of a running VM into its config at once and lists what the drive does not have yet under /cloudinit
-    (PVE 7.2 and later); an older one keeps them in /pending."""
-    path = ("nodes", ctx.vm.node, "qemu", ctx.vm.vmid)
-    try:
-        items = ctx.pve().get(*path, "cloudinit") or []
-    except ProxmoxError as exc:
-        if exc.status not in (400, 404, 501):  # only "no such call here" means an older Proxmox
-            raise
-        items = ctx.pve().get(*path, "pending") or []
-    return any(CLOUDINIT_KEY.match(str(item.get("key", ""))) and ("pending" in item or item.get("delete"))
-               for item in items)
 
 
 def cp_update_ip(ctx: StepContext) -> StepResult:
@@ -120,20 +99,11 @@ def cp_update_ip(ctx: StepContext) -> StepResult:
     return Done(f"+{len(after - before)} -{len(removed)} addresses; {summary.note}")
 
 
-def _stop(ctx: StepContext, natural_wait: float) -> StepResult:
-    vm = ctx.vm
-    pve = ctx.pve()
-    if not (vm.task_upid and vm.task_status == vm.status) and _status(ctx).get("status") != "running":
-        return Done()
-    return ctx.await_task(lambda: pve.post("nodes", vm.node, "qemu", vm.vmid, "status", "shutdown",
-                                           timeout=int(natural_wait), forceStop=1), natural_wait + 30, "stop")
-
-
 def cp_stop(ctx: StepContext) -> StepResult:
     changes = _hardware_changes(ctx)
     if not changes:
         return Done("skip - no change")
-    outcome = _stop(ctx, settings.get("api_heavy_timeout"))
+    outcome = stop_vm(ctx, settings.get("api_heavy_timeout"))
     return outcome if isinstance(outcome, Wait) else Done(", ".join(changes))
 
 
@@ -277,7 +247,7 @@ def terminate(ctx: StepContext) -> StepResult:
     polled on the next pass, which goes straight back to it. Only a delete that fails is error_terminate."""
     vm, pve, out = ctx.vm, ctx.pve(), ctx.out
     try:
-        deleting = bool(vm.task_upid and vm.task_status == vm.status)  # started on an earlier pass
+        deleting = bool(ctx.tracked_task())  # started on an earlier pass
         found = None if deleting or not vm.vmid else vm_location(pve, vm.vmid)
         if deleting or is_ours(found, vm.name, vm.vmid):
             if not deleting and found.get("lock"):
@@ -335,11 +305,14 @@ TERMINATE = register(Pipeline("Terminate", "terminate", (
 def reset_password(ctx: StepContext) -> StepResult:
     """VM off, cloud-init rewritten with the service's password, VM started (the password was generated
     and saved to WHMCS when the reset was asked for, or given by WHMCS's ChangePassword)."""
-    outcome = _stop(ctx, settings.get("api_heavy_timeout"))
-    if isinstance(outcome, Wait):
-        return outcome
-    values = cloudinit_values(ctx)
-    _put_config(ctx, ciuser=values["ciuser"], cipassword=values.get("cipassword", ""))
+    # An earlier pass that got as far as the start: only that start is left to wait for (writing cloud-init
+    # again now would land on a running VM, where Proxmox keeps it for the next power-on).
+    if task_type(ctx.tracked_task()) != "qmstart":
+        outcome = stop_vm(ctx, settings.get("api_heavy_timeout"))
+        if isinstance(outcome, Wait):
+            return outcome
+        values = cloudinit_values(ctx)
+        _put_config(ctx, ciuser=values["ciuser"], cipassword=values.get("cipassword", ""))
     if ctx.service.status != "Suspended":  # a suspended service's VM stays off (it boots with it later)
         started = start_vm(ctx)
         if isinstance(started, Wait):

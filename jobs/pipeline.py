@@ -194,13 +194,19 @@ class StepContext:
         """How long this pass may wait for a task: the step's own limit, capped by the runner's."""
         return natural if self.max_wait is None else min(natural, self.max_wait)
 
+    def tracked_task(self) -> str | None:
+        """The UPID of the Proxmox task this step started on an earlier pass, if any (await_task polls it
+        rather than start another)."""
+        vm = self.vm
+        return vm.task_upid if vm.task_upid and vm.task_status == vm.status else None
+
     def await_task(self, start: Callable[[], str], natural_wait: float, what: str) -> StepResult:
         """Start a Proxmox task once (its UPID is stored on the VM) and poll it up to the wait budget.
 
         Returns Done when it ended OK, Wait while it runs; raises StepFailed when it ended in error, after
         forgetting the UPID so the next attempt starts afresh."""
         vm = self.vm
-        if not (vm.task_upid and vm.task_status == vm.status):
+        if not self.tracked_task():
             upid = start()
             if not isinstance(upid, str) or not upid.startswith("UPID:"):
                 return Done()  # the call finished synchronously

@@ -18,7 +18,7 @@ def destroy_on_proxmox(ctx: StepContext) -> StepResult | None:
     vm = ctx.vm
     pve = ctx.pve()
     heavy = settings.get("api_heavy_timeout")
-    if vm.task_upid and vm.task_status == vm.status:  # a stop or delete from an earlier pass
+    if ctx.tracked_task():  # a stop or delete from an earlier pass
         outcome = ctx.await_task(lambda: vm.task_upid, heavy, "task")
         if isinstance(outcome, Wait):
             return outcome
@@ -58,7 +58,7 @@ def remove_for_reinstall(ctx: StepContext) -> StepResult:
     from .deploy import template_of
     vm = ctx.vm
     template_of(ctx)  # StepFailed when the chosen template is not one: the VM is left as it is
-    if not (vm.task_upid and vm.task_status == vm.status) and vm.vmid:
+    if not ctx.tracked_task() and vm.vmid:
         found = vm_location(ctx.pve(), vm.vmid)
         if is_ours(found, vm.name, vm.vmid):
             base = ("nodes", found["node"], "qemu", vm.vmid, "snapshot")

@@ -726,3 +726,46 @@ def test_without_a_whmcs_api_set_up_the_vm_ready_email_is_only_noted(app, bridge
     vm, _guest = deployed(cluster, 96)
     assert vm.status == "ready", "\n".join(lines)
     assert any("VM ready email not sent" in line for line in lines)
+
+
+def test_a_deploy_run_again_on_a_running_vm_applies_what_proxmox_keeps_pending(app, bridge, cluster, clock):
+    """An admin who resets a ready VM to set_ip (after changing its product) gets a VM that runs with the new
+    settings: Proxmox keeps CPU, RAM and cloud-init changes of a running VM pending until it is powered off,
+    so the start step stops it and the next step starts it again."""
+    from core import vms as vm_service
+    from core.models import Product
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 96))
+    tick(clock)
+    vm, guest = deployed(cluster, 96)
+    assert vm.status == "ready" and guest.status == "running"
+    product = db.session.get(Product, 1)
+    product.settings = {**product.settings, "cpu_cores": 4, "ram_mb": 4096, "os_username": "deploy"}
+    db.session.commit()
+    vm_service.reset(vm, "set_ip")
+    clock.advance(60)
+    lines: list[str] = []
+    tick(clock, lines)
+    vm, guest = deployed(cluster, 96)
+    assert vm.status == "ready", "\n".join(lines)
+    assert guest.status == "running" and guest.pending == {}, guest.pending
+    assert (str(guest.config["cores"]), str(guest.config["memory"]), guest.config["ciuser"]) == ("4", "4096", "deploy")
+    assert any("Start VM" in line and "pending" in line for line in lines), "\n".join(lines)
+    stops = [p for m, p, _b in cluster.pve.requests if m == "POST" and p.endswith(f"/qemu/{vm.vmid}/status/shutdown")]
+    assert len(stops) == 1
+
+
+def test_a_deploy_run_again_on_a_running_vm_with_nothing_pending_leaves_it_running(app, bridge, cluster, clock):
+    from core import vms as vm_service
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 95))
+    tick(clock)
+    vm, guest = deployed(cluster, 95)
+    started = guest.started_at
+    vm_service.reset(vm, "set_ip")
+    clock.advance(60)
+    lines: list[str] = []
+    tick(clock, lines)
+    vm, guest = deployed(cluster, 95)
+    assert vm.status == "ready" and guest.status == "running" and guest.started_at == started, "\n".join(lines)
+    assert not [p for m, p, _b in cluster.pve.requests if m == "POST" and "/status/shutdown" in p]

@@ -534,6 +534,33 @@ def test_reset_password_changes_it_in_whmcs_cloudinit_and_by_email(app, bridge, 
     assert unknown == {"result": "error", "message": "this service has no VM here"}  # not "another client"
 
 
+@pytest.mark.time_scale(0.001)
+def test_a_reset_password_whose_start_outlasts_a_pass_writes_the_password_once(app, bridge, cluster, clock,
+                                                                               whmcs_api):
+    """A runner that waits little per pass (an RQ worker) finds the start task of the reset still running on
+    its next pass: it waits for that start, and does not stop the VM or write cloud-init again onto the now
+    running VM (where Proxmox would keep it pending)."""
+    register_cluster(cluster, **PRODUCT)
+    vm = deployed(bridge, cluster, clock)
+    guest = cluster.pve.vm(vm.vmid)
+    guest.shutdown_secs = guest.start_secs = 100  # 0.1 s here: each task outlasts a pass that may not wait
+    assert bridge.call("ResetPassword", account_params(cluster, 5546)).get_json() == {"result": "success"}
+    first = len(cluster.pve.requests)
+    lines: list[str] = []
+    import time
+    deadline = time.monotonic() + 20
+    while vm.status != "ready" and time.monotonic() < deadline:
+        clock.advance(60)
+        tick(clock, lines, only="processVirtualMachines", max_wait=0)
+        db.session.refresh(vm)
+        time.sleep(0.05)
+    assert vm.status == "ready", "\n".join(lines)
+    calls = [(m, p) for m, p, b in cluster.pve.requests[first:] if m == "POST" or b"cipassword" in b]
+    assert [p.rsplit("/", 1)[-1] for _m, p in calls] == ["shutdown", "config", "start"], calls
+    assert guest.status == "running" and guest.pending == {}
+    assert guest.config["cipassword"] == unseal(db.session.get(Service, 5546).password)
+
+
 def test_change_password_from_whmcs_rewrites_cloudinit(app, bridge, cluster, clock):
     register_cluster(cluster, **PRODUCT)
     vm = deployed(bridge, cluster, clock)
