@@ -20,6 +20,7 @@ from .models import VM, Client, IPAddress, Product, Server, Service, VMRun, id_f
 # The statuses an admin may reset a VM to (seed 002, "Reset VM Status"), with when to use each.
 RESET_STATUSES = ("ready", "creation", "set_ip", "change_package", "set_dns_records", "terminate", "remove")
 DELETABLE = ("error_terminate", "remove")
+NOT_CLONED = ("creation", "set_ip", "set_dns")  # deploy statuses before its clone step has finished
 SERVICE_STATUSES = ("Active", "Suspended", "Terminated", "Cancelled", "Pending")
 SERVICE_LABELS = {"Active": _l("Active"), "Suspended": _l("Suspended"), "Terminated": _l("Terminated"),
                   "Cancelled": _l("Cancelled"), "Pending": _l("Pending"), "Fraud": _l("Fraud"),
@@ -120,6 +121,10 @@ def reset(vm: VM, status: str) -> VM:
     """Put the VM at a re-runnable status; the next tick takes it from there."""
     if status not in RESET_STATUSES:
         raise VMActionError({"status": _l("Choose one of: %(statuses)s", statuses=", ".join(RESET_STATUSES))})
+    if status in ("change_package", "set_dns_records") and (vm.vmid is None or vm.status in NOT_CLONED):
+        # Both end at ready: run on a deploy that has not cloned yet, they would report a VM that is not there.
+        raise VMActionError({"status": _l("This VM has not been cloned yet: reset it to creation or set_ip to "
+                                          "deploy it.")})
     vm.status = status
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None
