@@ -171,6 +171,46 @@ def test_a_step_command_runs_on_a_worker_and_answers_the_request(rq_app, redis_c
     assert int(guest.pending.get("memory", guest.config["memory"])) == 1024
 
 
+@pytest.mark.time_scale(0.001)
+def test_a_step_command_still_running_when_the_wait_ends_is_answered_and_finishes_on_its_worker(
+        rq_app, redis_conn, cluster, clock, monkeypatch):
+    """A worker took the command but Proxmox answers slowly: WHMCS hears in time that it goes on, and it
+    does."""
+    import threading
+
+    from rq.timeouts import TimerDeathPenalty
+
+    from bridge import views
+    app, queue = rq_app
+    register_cluster(cluster)
+    bridge = Bridge(app, app.test_client())
+    bridge.call("CreateAccount", account_params(cluster, 506))
+    work(queue, redis_conn)
+    db.session.expire_all()
+    vm = db.session.get(VM, 506)
+    assert vm.status == "ready"
+    cluster.pve.vm(vm.vmid).config["memory"] = 512
+
+    class ThreadWorker(SimpleWorker):
+        death_penalty_class = TimerDeathPenalty
+
+        def _install_signal_handlers(self):
+            pass
+
+    monkeypatch.setattr(views, "STEP_COMMAND_WAIT", 1)
+    cluster.pve.slow_network(800)  # 0.8 s per Proxmox answer: the step outlasts the bridge's wait
+    worker = threading.Thread(target=lambda: ThreadWorker([queue], connection=redis_conn).work(
+        burst=False, max_jobs=1, with_scheduler=False), daemon=True)
+    worker.start()
+    answer = bridge.call("VMSetCpuRam", account_params(cluster, 506)).get_json()
+    assert answer["result"] == "error" and "still running on a worker after 1s: it goes on there" in \
+        answer["message"], answer
+    worker.join(30)
+    assert not worker.is_alive()
+    guest = cluster.pve.vm(vm.vmid)
+    assert int(guest.pending.get("memory", guest.config["memory"])) == 1024
+
+
 def test_the_whmcs_cron_hook_queues_one_tick_job(rq_app, redis_conn):
     """WHMCS Hook cron mode with Redis: the hook queues a tick job (never two at once) that a worker runs."""
     from core import settings
