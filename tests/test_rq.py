@@ -141,17 +141,22 @@ def test_rq_cron_config_registers_the_tick(redis_conn):
     assert job.func_name == "jobs.worker.tick_job" and job.interval == 60 and job.queue_name == "pkvm"
 
 
-def test_a_step_command_runs_on_a_worker_and_answers_the_request(rq_app, redis_conn, cluster, clock):
-    import threading
-    app, queue = rq_app
+def _ready_vm_with_less_memory(app, queue, redis_conn, cluster, service_id):
+    """A deployed VM whose memory was changed behind our back (a one-step VMSetCpuRam puts it right)."""
     register_cluster(cluster)
     bridge = Bridge(app, app.test_client())
-    bridge.call("CreateAccount", account_params(cluster, 504))
+    bridge.call("CreateAccount", account_params(cluster, service_id))
     work(queue, redis_conn)
     db.session.expire_all()
-    vm = db.session.get(VM, 504)
+    vm = db.session.get(VM, service_id)
     assert vm.status == "ready"
     cluster.pve.vm(vm.vmid).config["memory"] = 512
+    return bridge, vm
+
+
+def _one_job_worker_thread(queue, redis_conn):
+    """An RQ worker in a thread of this process that takes one job."""
+    import threading
 
     from rq.timeouts import TimerDeathPenalty
 
@@ -164,6 +169,13 @@ def test_a_step_command_runs_on_a_worker_and_answers_the_request(rq_app, redis_c
     worker = threading.Thread(target=lambda: ThreadWorker([queue], connection=redis_conn).work(
         burst=False, max_jobs=1, with_scheduler=False), daemon=True)
     worker.start()
+    return worker
+
+
+def test_a_step_command_runs_on_a_worker_and_answers_the_request(rq_app, redis_conn, cluster, clock):
+    app, queue = rq_app
+    bridge, vm = _ready_vm_with_less_memory(app, queue, redis_conn, cluster, 504)
+    worker = _one_job_worker_thread(queue, redis_conn)
     answer = bridge.call("VMSetCpuRam", account_params(cluster, 504)).get_json()
     worker.join(30)
     assert answer == {"result": "success"}
@@ -176,32 +188,12 @@ def test_a_step_command_still_running_when_the_wait_ends_is_answered_and_finishe
         rq_app, redis_conn, cluster, clock, monkeypatch):
     """A worker took the command but Proxmox answers slowly: WHMCS hears in time that it goes on, and it
     does."""
-    import threading
-
-    from rq.timeouts import TimerDeathPenalty
-
     from bridge import views
     app, queue = rq_app
-    register_cluster(cluster)
-    bridge = Bridge(app, app.test_client())
-    bridge.call("CreateAccount", account_params(cluster, 506))
-    work(queue, redis_conn)
-    db.session.expire_all()
-    vm = db.session.get(VM, 506)
-    assert vm.status == "ready"
-    cluster.pve.vm(vm.vmid).config["memory"] = 512
-
-    class ThreadWorker(SimpleWorker):
-        death_penalty_class = TimerDeathPenalty
-
-        def _install_signal_handlers(self):
-            pass
-
+    bridge, vm = _ready_vm_with_less_memory(app, queue, redis_conn, cluster, 506)
     monkeypatch.setattr(views, "STEP_COMMAND_WAIT", 1)
     cluster.pve.slow_network(800)  # 0.8 s per Proxmox answer: the step outlasts the bridge's wait
-    worker = threading.Thread(target=lambda: ThreadWorker([queue], connection=redis_conn).work(
-        burst=False, max_jobs=1, with_scheduler=False), daemon=True)
-    worker.start()
+    worker = _one_job_worker_thread(queue, redis_conn)
     answer = bridge.call("VMSetCpuRam", account_params(cluster, 506)).get_json()
     assert answer["result"] == "error" and "still running on a worker after 1s: it goes on there" in \
         answer["message"], answer
