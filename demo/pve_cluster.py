@@ -355,6 +355,24 @@ class Cluster(FakePve):
 
     # ------------------------------------------------------------------ cloud-init
 
+    async def _config_get(self, request):
+        """GET /nodes/{node}/qemu/{vmid}/config: as qemu-server, the configuration with its pending changes
+        applied (what the next start gets), unless `current` asks for what the VM runs with now (fakepve
+        0.5 always answers the latter)."""
+        from fakepve.server import ok
+        vm = self._vm(request, 'VM.Audit')
+        cfg = dict(vm.config)
+        if not _on(request.query.get('current')):
+            for key, value in vm.pending.items():
+                if value is None:
+                    cfg.pop(key, None)
+                else:
+                    cfg[key] = value
+        if 'memory' in cfg:
+            cfg['memory'] = str(cfg['memory'])  # PVE sends it as a string
+        cfg['digest'] = vm.digest()
+        return ok(cfg)
+
     async def _pc_cloudinit(self, v, user):
         """GET /nodes/{node}/qemu/{vmid}/cloudinit: each cloud-init option with its value on the drive and,
         when it differs, what the next start will write (``pending``, or ``delete``)."""

@@ -549,22 +549,25 @@ def pending_changes(ctx: StepContext) -> list[str]:
 def start_step(ctx: StepContext) -> StepResult:
     """The deploy's start: not for a suspended service, whose VM stays off until it is unsuspended.
 
-    A VM that already runs (a deploy run again from an earlier status by an admin) has the steps' changes
-    pending in Proxmox until it is powered off: it is stopped here, and the next step starts it."""
+    A VM that already runs (a deploy run again from an earlier status by an admin, or the one-step VMStart
+    after a change) has what Proxmox cannot apply live pending until it is powered off: it is powered off
+    and started again here."""
     if ctx.service.status == "Suspended":
         return Done("skip - service suspended")
-    if ctx.tracked_task():
-        if task_type(ctx.tracked_task()) != "qmshutdown":
-            return start_vm(ctx)
-    elif _status(ctx).get("status") != "running":
+    tracked = task_type(ctx.tracked_task())
+    if tracked == "qmstart" or (not tracked and _status(ctx).get("status") != "running"):
         return start_vm(ctx)
-    else:
+    note = "restarted to apply pending changes"
+    if not tracked:
         pending = pending_changes(ctx)
         if not pending:
             return Done("already running")
-        ctx.out.line(f"    pending until the VM is powered off: {', '.join(pending)}")
+        note += f": {', '.join(pending)}"
     outcome = stop_vm(ctx, settings.get("api_heavy_timeout"))
-    return outcome if isinstance(outcome, Wait) else Done("stopped to apply pending changes; started next")
+    if isinstance(outcome, Wait):
+        return outcome
+    outcome = start_vm(ctx)
+    return outcome if isinstance(outcome, Wait) else Done(note)
 
 
 def verify_running(ctx: StepContext) -> StepResult:

@@ -9,8 +9,8 @@ from core.proxmox.client import ProxmoxError
 from core.proxmox.cluster import is_ours, vm_location
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
-                     _system_disk, access_parameters, cloudinit_pending, cloudinit_values, configure_firewall,
-                     configure_network, dns_target, ensure_running, network_values, resize_system_disk, send_mail,
+                     _system_disk, access_parameters, cloudinit_values, configure_firewall, configure_network,
+                     dns_target, ensure_running, network_values, pending_changes, resize_system_disk, send_mail,
                      set_cpu_ram, start_vm, stop_vm, sync_ipset, task_type)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
@@ -43,8 +43,11 @@ def _hardware_changes(ctx: StepContext) -> list[str]:
             changes.append("additional disk I/O")
     if config.get("net0") != network_values(ctx, config):
         changes.append("network")
-    if cloudinit_pending(ctx):
-        changes.append("cloud-init")
+    # What the VM does not run with yet, though its config (pending changes applied) shows it: a change made
+    # while it ran, CPU, RAM or cloud-init, which only a power-off applies.
+    pending = pending_changes(ctx)
+    if pending:
+        changes.append(f"pending: {', '.join(pending)}")
     return changes
 
 

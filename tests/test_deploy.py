@@ -731,7 +731,7 @@ def test_without_a_whmcs_api_set_up_the_vm_ready_email_is_only_noted(app, bridge
 def test_a_deploy_run_again_on_a_running_vm_applies_what_proxmox_keeps_pending(app, bridge, cluster, clock):
     """An admin who resets a ready VM to set_ip (after changing its product) gets a VM that runs with the new
     settings: Proxmox keeps CPU, RAM and cloud-init changes of a running VM pending until it is powered off,
-    so the start step stops it and the next step starts it again."""
+    so the start step powers it off and starts it again."""
     from core import vms as vm_service
     from core.models import Product
     register_cluster(cluster)
@@ -769,3 +769,50 @@ def test_a_deploy_run_again_on_a_running_vm_with_nothing_pending_leaves_it_runni
     vm, guest = deployed(cluster, 95)
     assert vm.status == "ready" and guest.status == "running" and guest.started_at == started, "\n".join(lines)
     assert not [p for m, p, _b in cluster.pve.requests if m == "POST" and "/status/shutdown" in p]
+
+
+def test_the_one_step_vmstart_on_a_running_vm_with_pending_changes_leaves_it_running_with_them(
+        app, bridge, cluster, clock):
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 94))
+    tick(clock)
+    vm, guest = deployed(cluster, 94)
+    guest.pending["memory"] = 4096  # as a change made while it ran (VMSetCpuRam, say) leaves it
+    assert bridge.call("VMStart", account_params(cluster, 94)).get_json() == {"result": "success"}
+    vm, guest = deployed(cluster, 94)
+    assert guest.status == "running" and guest.pending == {} and int(guest.config["memory"]) == 4096
+    assert vm.status == "ready"
+
+
+@pytest.mark.time_scale(0.001)
+def test_a_restart_for_pending_changes_that_outlasts_passes_stops_and_starts_once(app, bridge, cluster, clock):
+    """A runner that may not wait (max_wait 0) comes back for the stop, then for the start: one of each."""
+    import time
+
+    from core import vms as vm_service
+    from core.models import Product
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 93))
+    vm = db.session.get(VM, 93)
+    lines: list[str] = []
+    deadline = time.monotonic() + 20
+    while vm.status != "ready" and time.monotonic() < deadline:
+        clock.advance(60)
+        tick(clock, lines)
+        db.session.refresh(vm)
+    guest = cluster.pve.vm(vm.vmid)
+    product = db.session.get(Product, 1)
+    product.settings = {**product.settings, "ram_mb": 4096}
+    db.session.commit()
+    vm_service.reset(vm, "set_ip")
+    guest.shutdown_secs = guest.start_secs = 100  # 0.1 s here: each outlasts a pass that may not wait
+    first = len(cluster.pve.requests)
+    while vm.status != "ready" and time.monotonic() < deadline:
+        clock.advance(60)
+        tick(clock, lines, max_wait=0)
+        db.session.refresh(vm)
+        time.sleep(0.05)
+    assert vm.status == "ready", "\n".join(lines)
+    power = [p.rsplit("/", 1)[-1] for m, p, _b in cluster.pve.requests[first:] if m == "POST" and "/status/" in p]
+    assert power == ["shutdown", "start"], power
+    assert guest.status == "running" and guest.pending == {} and int(guest.config["memory"]) == 4096
