@@ -55,18 +55,20 @@ JOB_START_GRACE = timedelta(seconds=60)  # a VM job takes its VM's lease in its 
 def workers_alive(queue) -> tuple[int, int]:
     """(alive, dead) among the workers RQ has registered for the queue. A worker killed in the middle of a
     job stays registered for the job's timeout (an hour for a VM job): one whose VM job no longer holds
-    its VM's lease is dead (a VM job renews it as it goes). An idle worker's registration lapses by
+    its VM's lease (lapsed, or taken by another worker since) is dead (a VM job renews it as it goes). An idle worker's registration lapses by
     itself, a few minutes after its last heartbeat."""
     from rq import Worker
 
-    from .queue import _lease_lapsed, service_of_job
+    from .queue import holds_lease, service_of_job
     alive = dead = 0
     for worker in Worker.all(queue=queue):
         execution = worker.execution
         service_id = service_of_job(execution.job_id) if execution is not None else None
         started = execution.created_at.replace(tzinfo=None) if execution is not None else None  # UTC
         try:
-            lapsed = service_id is not None and utcnow() - started > JOB_START_GRACE and _lease_lapsed(service_id)
+            # Its own lease: once a dead worker's VM has lapsed to another worker, that one holds it.
+            lapsed = service_id is not None and utcnow() - started > JOB_START_GRACE and \
+                not holds_lease(service_id, worker.name)
         except Exception:  # noqa: BLE001 - the database's own state is reported above; count it alive
             db.session.rollback()
             lapsed = False

@@ -2,6 +2,7 @@
 wake-up for the in-process ticker."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -77,17 +78,36 @@ def _job_active(job_id: str, queue, lapsed: Callable[[], bool] | None = None) ->
     return status in ACTIVE_JOB_STATES
 
 
-def _lease_lapsed(service_id: int) -> bool:
-    """Whether nobody holds the VM's lease now. A VM job holds it from its start to its end and renews it
-    as it goes, so a job RQ still calls "started" over a lapsed lease is dead, even where RQ's heartbeat
-    would say so only an hour later (a SimpleWorker's is the job's timeout plus a minute)."""
+def _lease(service_id: int) -> tuple[str | None, bool]:
+    """Who holds the VM's lease, and whether it is still held now (not lapsed)."""
     from sqlalchemy import select
 
     from . import clock
     from .extensions import db
     from .models import VM
-    lease = db.session.scalar(select(VM.lease_until).where(VM.service_id == service_id))
-    return lease is None or lease < clock.now()
+    row = db.session.execute(select(VM.lease_owner, VM.lease_until).where(VM.service_id == service_id)).first()
+    if row is None or row.lease_until is None:
+        return None, False
+    return row.lease_owner, row.lease_until >= clock.now()
+
+
+def _lease_lapsed(service_id: int) -> bool:
+    """Whether nobody holds the VM's lease now. A VM job holds it from its start to its end and renews it
+    as it goes, so a job RQ still calls "started" over a lapsed lease is dead, even where RQ's heartbeat
+    would say so only an hour later (a SimpleWorker's is the job's timeout plus a minute)."""
+    return not _lease(service_id)[1]
+
+
+def worker_lease_prefix(worker_name: str) -> str:
+    """How the lease owner of a VM job run by this RQ worker begins (``lease_owner`` holds 64 characters; a
+    worker's name may be longer): a VM whose lease another holds is not that worker's work."""
+    return "rq-" + hashlib.sha1(worker_name.encode()).hexdigest()[:16] + "-"
+
+
+def holds_lease(service_id: int, worker_name: str) -> bool:
+    """Whether the worker of this name holds the VM's lease now (its VM job is alive and at work)."""
+    owner, held = _lease(service_id)
+    return held and (owner or "").startswith(worker_lease_prefix(worker_name))
 
 
 def enqueue_vm(service_id: int, delay: float = 0) -> bool:

@@ -93,9 +93,11 @@ def process_virtual_machines(ctx: TickContext) -> TaskResult:
     due = vms_due(ctx.clock, ignore_schedule=ctx.manual)
     if not ctx.inline:
         for service_id in due:
-            work_queue.enqueue_vm(service_id)
-            out.processed += 1
-            out.details.append(f"sid:{service_id} [queued]")
+            if work_queue.enqueue_vm(service_id):
+                out.processed += 1
+                out.details.append(f"sid:{service_id} [queued]")
+            else:  # its job waits for a worker still, or runs: nothing new was handed out
+                out.details.append(f"sid:{service_id} [already queued]")
         return out
     if ctx.parallel > 1 and len(due) > 1:
         results = _run_parallel(due, ctx)

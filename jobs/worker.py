@@ -49,11 +49,23 @@ def process_vm_job(service_id: int) -> dict:
     app = _get_app()
     with app.app_context():
         out = Output(log.info)
-        result = run_vm(service_id, out, max_wait=app.config["JOB_MAX_WAIT"])
+        result = run_vm(service_id, out, max_wait=app.config["JOB_MAX_WAIT"], owner=_lease_owner())
         if result.result in ("waiting", "changed"):  # a task to poll, or the VM's new status to work on
             work_queue.enqueue_vm(service_id, delay=app.config["JOB_REQUEUE_SECONDS"])
         return {"service_id": service_id, "action": result.action, "result": result.result,
                 "message": result.message, "steps": result.steps, "api_calls": result.api_calls}
+
+
+def _lease_owner() -> str | None:
+    """The VM lease owner of a job on an RQ worker: tied to the worker, so /healthz can tell a dead worker's
+    VM from one another worker took over (None outside a worker: run_vm picks one)."""
+    from rq import get_current_job
+
+    from core.queue import worker_lease_prefix
+    job = get_current_job()
+    if job is None or not job.worker_name:
+        return None
+    return worker_lease_prefix(job.worker_name) + secrets.token_hex(6)
 
 
 def tick_job() -> None:

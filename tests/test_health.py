@@ -150,7 +150,7 @@ def test_a_worker_killed_in_the_middle_of_a_vm_job_does_not_count(tmp_path, monk
     import core.health
     from core.extensions import db
     from core.models import VM, Client, Product, Server, Service, utcnow
-    from core.queue import vm_job_id
+    from core.queue import vm_job_id, worker_lease_prefix
     queue_name = f"pkvm-test-{secrets.token_hex(4)}"
     app = make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}", REDIS_URL=HEALTH_REDIS_URL, RQ_QUEUE=queue_name)
     conn = Redis.from_url(HEALTH_REDIS_URL)
@@ -175,10 +175,16 @@ def test_a_worker_killed_in_the_middle_of_a_vm_job_does_not_count(tmp_path, monk
             status, body = healthz(app)
             assert body["workers"] == 0 and body["workers_dead"] == 1 and body["status"] == "degraded"
             vm = db.session.get(VM, 5546)
-            vm.lease_owner, vm.lease_until = "worker", utcnow() + timedelta(minutes=5)  # working on it
+            vm.lease_owner = worker_lease_prefix(worker.name) + "0a1b2c"  # working on it
+            vm.lease_until = utcnow() + timedelta(minutes=5)
             db.session.commit()
             status, body = healthz(app)
             assert body["workers"] == 1 and body["workers_dead"] == 0 and body["status"] == "ok"
+            # found in an audit: once its VM's lease lapsed to another worker, a dead worker counted alive
+            vm.lease_owner = worker_lease_prefix("another-worker") + "0a1b2c"
+            db.session.commit()
+            status, body = healthz(app)
+            assert body["workers"] == 0 and body["workers_dead"] == 1
             # the same for a follow-up job (found in review: "-poll-" ids went unrecognised)
             vm.lease_until = utcnow() - timedelta(minutes=1)
             db.session.commit()

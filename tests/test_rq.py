@@ -141,6 +141,45 @@ def test_rq_cron_config_registers_the_tick(redis_conn):
     assert job.func_name == "jobs.worker.tick_job" and job.interval == 60 and job.queue_name == "pkvm"
 
 
+def test_a_vm_job_holds_its_vms_lease_in_its_workers_name(rq_app, redis_conn, cluster, monkeypatch):
+    """/healthz tells a dead worker's VM, taken over by another worker, from its own work by the lease."""
+    import jobs.pipeline
+    from core.queue import worker_lease_prefix
+    app, queue = rq_app
+    register_cluster(cluster)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 507))
+    owners: list = []
+    real_run_vm = jobs.pipeline.run_vm
+
+    def run_vm(*args, **kwargs):
+        owners.append(kwargs.get("owner"))
+        return real_run_vm(*args, **kwargs)
+    monkeypatch.setattr(jobs.pipeline, "run_vm", run_vm)
+    worker = SimpleWorker([queue], connection=redis_conn)
+    worker.work(burst=True, with_scheduler=False)
+    assert owners and all(o.startswith(worker_lease_prefix(worker.name)) for o in owners), owners
+    assert len(owners[0]) <= 64
+    db.session.expire_all()
+    assert db.session.get(VM, 507).status == "ready"
+
+
+def test_a_tick_counts_only_the_vm_jobs_it_queued(rq_app, redis_conn, cluster, clock):
+    """Found in an audit: with no worker taking jobs, every tick printed [queued] and processed: 1 for a VM
+    whose one job was still waiting."""
+    app, queue = rq_app
+    register_cluster(cluster)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 508))
+    queue.empty()  # the call's own job lost: the tick queues it again, once
+    results = []
+    for _ in range(2):
+        lines: list[str] = []
+        run_tick(Output(lines.append, clock), only="processVirtualMachines", manual=True)
+        results.append([line for line in lines if "processed:" in line or "sid:508" in line])
+    assert "processed: 1," in results[0][0] and results[0][1].endswith("sid:508 [queued]"), results
+    assert "processed: 0," in results[1][0] and results[1][1].endswith("sid:508 [already queued]"), results
+    assert queue.job_ids == [f"{queue.name}-vm-508"]
+
+
 def _ready_vm_with_less_memory(app, queue, redis_conn, cluster, service_id):
     """A deployed VM whose memory was changed behind our back (a one-step VMSetCpuRam puts it right)."""
     register_cluster(cluster)
