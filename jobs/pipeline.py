@@ -326,6 +326,35 @@ def _save_run(vm: VM, pipeline: Pipeline, source: str, result: str, error: str |
         db.session.execute(delete(VMRun).where(VMRun.id.in_(stale)))
 
 
+INTERRUPTED = ("the pass before did not finish (its worker was stopped or killed, or it outlived its lease); "
+               "what it committed stays, and the VM goes on from here")
+
+
+def _note_interrupted(service_id: int, status: str, clock: Clock, out: Output) -> None:
+    """A run in the VM's log for a pass that ended without a word (a worker killed mid-step), so the log
+    has no unexplained gap."""
+    pipeline = pipeline_for(status)
+    out.line(f"--- service={service_id}: {INTERRUPTED} ({status}) ---")
+    now = clock.now()
+    db.session.add(VMRun(service_id=service_id, action=pipeline.action if pipeline else "-", from_status=status,
+                         to_status=status, result="interrupted", error=INTERRUPTED, steps=[], started_at=now,
+                         finished_at=now))
+    db.session.commit()
+
+
+def _save_interrupted(vm: VM, pipeline: Pipeline, source: str, steps: list[dict], started: datetime, clock: Clock,
+                      step: Step, exc: BaseException) -> None:
+    """The run of a pass cut short in a step, with the steps it finished, as far as the database lets."""
+    reason = f"interrupted in {step.label}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+    try:
+        db.session.rollback()
+        _save_run(vm, pipeline, source, "interrupted", reason[:ERROR_KEPT], steps, started, clock)
+        db.session.commit()
+    except Exception:  # noqa: BLE001 - the pass is ending anyway; what stopped it is raised on
+        log.warning("the run of service %s could not be saved", vm.service_id, exc_info=True)
+        db.session.rollback()
+
+
 def run_vm(service_id: int, out: Output, clock: Clock | None = None, max_wait: float | None = None,
            owner: str | None = None) -> RunResult:
     """Advance one VM through its pipeline as far as it can go in this pass."""
@@ -336,9 +365,14 @@ def run_vm(service_id: int, out: Output, clock: Clock | None = None, max_wait: f
 def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, owner: str) -> RunResult:
     result = RunResult(service_id)
     lease = lease_seconds(max_wait)
+    # Every pass lets its lease go at its end: one still named on a lapsed lease never got there.
+    before = db.session.execute(select(VM.lease_owner, VM.lease_until, VM.status)
+                                .where(VM.service_id == service_id)).first()
     if not claim(service_id, owner, lease, clock):
         result.result = "busy"
         return result
+    if before is not None and before.lease_owner not in (None, owner) and before.lease_until < clock.now():
+        _note_interrupted(service_id, before.status, clock, out)
     claimed = [clock.monotonic()]
 
     def renew() -> None:
@@ -422,9 +456,14 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             done = step.run(ctx)
         except (StepFailed, ProxmoxError) as exc:
             done, error = None, str(exc)
-        except (VMChanged, JobTimeoutException):
-            # Not this step's failure (never its failure status): the VM was taken from this pass, or the
-            # worker's job ran out of time. The status stays as committed; the next tick goes on from there.
+        except VMChanged:
+            # Not this step's failure (never its failure status): the VM was taken from this pass. The status
+            # stays as committed; its new owner goes on from there.
+            raise
+        except (JobTimeoutException, SystemExit, KeyboardInterrupt) as exc:
+            # Nor this: the worker's job ran out of time, or the worker is made to stop. The status stays as
+            # committed and the next tick goes on from there; the log says where this pass was cut short.
+            _save_interrupted(vm, pipeline, source, steps, started, clock, step, exc)
             raise
         except Exception as exc:  # noqa: BLE001 - one VM's bug must not stop the tick
             db.session.rollback()

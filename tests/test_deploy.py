@@ -816,3 +816,23 @@ def test_a_restart_for_pending_changes_that_outlasts_passes_stops_and_starts_onc
     power = [p.rsplit("/", 1)[-1] for m, p, _b in cluster.pve.requests[first:] if m == "POST" and "/status/" in p]
     assert power == ["shutdown", "start"], power
     assert guest.status == "running" and guest.pending == {} and int(guest.config["memory"]) == 4096
+
+
+def test_a_pass_that_ended_without_a_word_is_noted_in_the_vm_log(app, bridge, cluster, clock):
+    """Found in an audit: a worker killed mid-pass left a gap in the VM's log (its steps committed, no run);
+    the next pass notes it, then goes on. (Killed here before its first step: its lease never let go.)"""
+    from datetime import timedelta
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 92))
+    vm = db.session.get(VM, 92)
+    vm.lease_owner, vm.lease_until = "run-killed", clock.now() - timedelta(seconds=1)
+    db.session.commit()
+    lines: list[str] = []
+    tick(clock, lines)
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    runs = db.session.scalars(select(VMRun).where(VMRun.service_id == 92).order_by(VMRun.id)).all()
+    assert [(r.result, r.from_status) for r in runs] == [("interrupted", "creation"), ("success", "creation")]
+    assert "did not finish" in runs[0].error and any("did not finish" in line for line in lines)
+    tick(clock, lines)  # a pass that let its lease go is not noted
+    assert len(db.session.scalars(select(VMRun).where(VMRun.service_id == 92)).all()) == 2

@@ -9,10 +9,11 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.registry import ScheduledJobRegistry
+from sqlalchemy import select
 
 import jobs.worker
 from core.extensions import db
-from core.models import VM
+from core.models import VM, VMRun
 from jobs.cron import run_tick
 from jobs.pipeline import Output, claim, run_vm
 from tests.conftest import Bridge, account_params, hold_migrations, make_app, register_cluster
@@ -411,6 +412,11 @@ def test_a_follow_up_job_gets_the_vm_jobs_time_and_a_timeout_is_never_a_failure(
         run_vm(531, Output(None))
     db.session.expire_all()
     assert db.session.get(VM, 531).status == "terminate"
+    # the VM's log says where the pass was cut short (found in an audit: it had no entry at all)
+    [run] = db.session.scalars(select(VMRun).where(VMRun.service_id == 531)).all()
+    assert (run.action, run.result, run.from_status, run.to_status) == ("terminate", "interrupted", "terminate",
+                                                                       "terminate")
+    assert run.error.startswith("interrupted in Terminate: JobTimeoutException: Task exceeded")
 
 
 def test_a_step_command_no_worker_takes_is_answered_in_time_and_never_run_later(rq_app, redis_conn, cluster,
