@@ -79,12 +79,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from bridge.cli import bridge_cli
     from demo.cli import demo_command
     from jobs.cli import cron_command
-    from panel.cli import admin_cli, product_cli, translate_cli
+    from panel.cli import admin_cli, pool_cli, product_cli, translate_cli
     app.cli.add_command(bridge_cli)
     app.cli.add_command(cron_command)
     app.cli.add_command(demo_command)
     app.cli.add_command(serve_command)
     app.cli.add_command(product_cli)
+    app.cli.add_command(pool_cli)
     app.cli.add_command(admin_cli)
     app.cli.add_command(translate_cli)
 

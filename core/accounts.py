@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from . import queue as work_queue
 from .extensions import db, insert_missing, upsert_statement
-from .models import VM, Client, ModuleLog, Product, Server, Service
+from .models import VM, Client, IPAddress, ModuleLog, Product, Server, Service
 from .products import PackageError, ProductSettings, resolve_package
 from .proxmox.client import split_token_id
 from .vault import seal, seals, unseal
@@ -190,8 +190,8 @@ def parse_account(payload: Any) -> AccountParams:
 SERVER_FIELDS = ("name", "hostname", "ip", "port", "token_id", "token_secret", "verify_tls", "ca_pem",
                  "assigned_ips")
 CLIENT_FIELDS = ("firstname", "lastname", "companyname", "email")
-_servers, _products, _clients, _services, _vms, _log = (
-    model.__table__ for model in (Server, Product, Client, Service, VM, ModuleLog))
+_servers, _products, _clients, _services, _vms, _log, _ips = (
+    model.__table__ for model in (Server, Product, Client, Service, VM, ModuleLog, IPAddress))
 
 
 def _stored(column, key, param: str):
@@ -210,12 +210,15 @@ _STORED = select(
     _stored(_products.c.settings, _products.c.id, "product_id").label("product_settings"),
     _stored(_services.c.password, _services.c.id, "service_id").label("service_password"),
     _stored(_vms.c.status, _vms.c.service_id, "service_id").label("vm_status"),
+    # Addresses a service holds with no VM row: those of a VM whose record was deleted while it failed to
+    # terminate (it may still run on Proxmox).
+    select(func.count()).where(_ips.c.service_id == bindparam("service_id")).scalar_subquery().label("held"),
 )
 _UPSERTS: dict[tuple, Any] = {}
 _INSERT_VM, _INSERT_LOG = insert(_vms), insert(_log)
 _RESET_VM = update(_vms).where(_vms.c.service_id == bindparam("key")).values(
     vmid=None, node="", mac="", task_upid=None, task_status=None, task_started_at=None, next_run_at=None,
-    last_error_action=None, last_error_message=None, last_error_at=None, welcome_sent_at=None)
+    last_error_action=None, last_error_message=None, last_error_at=None, welcome_sent_at=None, os_template=None)
 
 
 def _upsert(connection, table, values: dict[str, Any]) -> None:
@@ -259,6 +262,7 @@ def upsert_server(params: ServerParams) -> None:
 class Stored:
     product_settings: dict
     vm_status: str | None
+    held_addresses: int = 0
 
 
 def store_account(params: AccountParams, connection=None) -> Stored:
@@ -298,7 +302,7 @@ def store_account(params: AccountParams, connection=None) -> Stored:
     if _changed(stored_server, server):
         _upsert(connection, _servers, server)
     _upsert(connection, _services, service)
-    return Stored(settings or {}, row.vm_status)
+    return Stored(settings or {}, row.vm_status, row.held or 0)
 
 
 def upsert_account(params: AccountParams) -> Service:
@@ -360,6 +364,10 @@ def create_account(params: AccountParams, connection) -> tuple[str, bool]:
     if stored.vm_status == "error_terminate":
         raise AccountError("this service's previous VM failed to terminate and may still exist on Proxmox; "
                            "resolve it in VM Management first")
+    if stored.vm_status is None and stored.held_addresses:
+        raise AccountError("this service still holds the addresses of an earlier VM whose record was deleted "
+                           "while it failed to terminate, in case that VM still runs on Proxmox; once it is gone, "
+                           f"hand them back with: flask pool release-service {params.service_id}")
     if stored.vm_status == "terminate":
         raise AccountError("this service's previous VM is being terminated; create it again when that is done")
     if stored.vm_status not in (None, "remove"):
@@ -432,6 +440,8 @@ def power(params: AccountParams, action: str) -> None:
     vm = _vm_of(service)
     if not vm.vmid or not vm.node:
         raise AccountError(f"the VM is not deployed yet (status {vm.status})")
+    if action == "start" and service.status == "Suspended":  # as the billing system holds it: off until paid
+        raise AccountError("the service is suspended: unsuspend it to start its VM")
     if action == "start" and vm.status != "ready":
         raise AccountError(f"the VM is being worked on (status {vm.status}): its pipeline starts it when it "
                            "is done")

@@ -20,7 +20,7 @@ from .models import VM, Client, IPAddress, Product, Server, Service, VMRun, id_f
 # The statuses an admin may reset a VM to (seed 002, "Reset VM Status"), with when to use each.
 RESET_STATUSES = ("ready", "creation", "set_ip", "change_package", "set_dns_records", "terminate", "remove")
 DELETABLE = ("error_terminate", "remove")
-NOT_CLONED = ("creation", "set_ip", "set_dns")  # deploy statuses before its clone step has finished
+
 SERVICE_STATUSES = ("Active", "Suspended", "Terminated", "Cancelled", "Pending")
 SERVICE_LABELS = {"Active": _l("Active"), "Suspended": _l("Suspended"), "Terminated": _l("Terminated"),
                   "Cancelled": _l("Cancelled"), "Pending": _l("Pending"), "Fraud": _l("Fraud"),
@@ -121,10 +121,13 @@ def reset(vm: VM, status: str) -> VM:
     """Put the VM at a re-runnable status; the next tick takes it from there."""
     if status not in RESET_STATUSES:
         raise VMActionError({"status": _l("Choose one of: %(statuses)s", statuses=", ".join(RESET_STATUSES))})
-    if status in ("change_package", "set_dns_records") and (vm.vmid is None or vm.status in NOT_CLONED):
-        # Both end at ready: run on a deploy that has not cloned yet, they would report a VM that is not there.
-        raise VMActionError({"status": _l("This VM has not been cloned yet: reset it to creation or set_ip to "
-                                          "deploy it.")})
+    # change_package and set_dns_records end at ready, and neither configures a VM from scratch: only for a
+    # deployed one. set_ip goes on from the addresses the deploy allocated: not before it did, nor after a
+    # terminate handed them back. (Found by fuzzing admin actions: each ended "ready" without a working VM.)
+    if (status in ("change_package", "set_dns_records") and (vm.vmid is None or vm.status not in DEPLOYED)) \
+            or (status == "set_ip" and vm.status in ("creation", "terminate", "remove", "error_terminate")):
+        raise VMActionError({"status": _l("This VM is not deployed: reset it to creation, where its deploy "
+                                          "starts.")})
     vm.status = status
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None
@@ -257,6 +260,9 @@ PIPELINE_STATUSES = {
                        "cp_additional_disk_bandwidth", "cp_network", "cp_firewall", "cp_start"),
     "other": ("reinstall", "set_dns_records", "terminate", "reset_password", "change_password"),
 }
+# Statuses of a VM whose deploy has finished: ready, or a later pipeline at work on it.
+DEPLOYED = frozenset(("ready", "set_dns_records", "reset_password", "change_password",
+                      *PIPELINE_STATUSES["change_package"]))
 KNOWN_STATUSES = frozenset(s for group in PIPELINE_STATUSES.values() for s in group) | {
     "ready", "remove", "error_terminate"}
 

@@ -552,7 +552,7 @@ def start_step(ctx: StepContext) -> StepResult:
     A VM that already runs (a deploy run again from an earlier status by an admin, or the one-step VMStart
     after a change) has what Proxmox cannot apply live pending until it is powered off: it is powered off
     and started again here."""
-    if ctx.service.status == "Suspended":
+    if ctx.suspended():
         return Done("skip - service suspended")
     tracked = task_type(ctx.tracked_task())
     if tracked == "qmstart" or (not tracked and _status(ctx).get("status") != "running"):
@@ -571,7 +571,11 @@ def start_step(ctx: StepContext) -> StepResult:
 
 
 def verify_running(ctx: StepContext) -> StepResult:
-    if ctx.service.status != "Suspended" and _status(ctx).get("status") != "running":
+    if ctx.suspended():
+        outcome = keep_suspended_off(ctx)
+        if isinstance(outcome, Wait):
+            return outcome
+    elif _status(ctx).get("status") != "running":
         outcome = start_vm(ctx)
         if isinstance(outcome, Wait):  # a runner with a short wait per pass: polled on the next one
             return outcome
@@ -579,6 +583,14 @@ def verify_running(ctx: StepContext) -> StepResult:
     # The client's way to their VM: a mail the WHMCS API did not take keeps the VM at `starting`, with the
     # reason in the log and the red banner, and the next tick sends it again.
     return send_mail(ctx, ctx.package.email_vm_ready, access_parameters(ctx), "VM ready", must_reach=True)
+
+
+def keep_suspended_off(ctx: StepContext) -> StepResult:
+    """A suspended service's VM off (Wait while it stops): a suspend that came while the start step ran (it
+    read the service as active) is made good here."""
+    if task_type(ctx.tracked_task()) == "qmstart":
+        ctx.forget_task(commit=False)  # that start is not waited for: the VM is to be off
+    return stop_vm(ctx, settings.get("api_heavy_timeout"))
 
 
 def access_parameters(ctx: StepContext) -> dict[str, str]:

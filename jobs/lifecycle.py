@@ -10,7 +10,7 @@ from core.proxmox.cluster import is_ours, vm_location
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
                      _system_disk, access_parameters, cloudinit_values, configure_firewall, configure_network,
-                     dns_target, ensure_running, network_values, pending_changes, resize_system_disk, send_mail,
+                     dns_target, ensure_running, keep_suspended_off, network_values, pending_changes, resize_system_disk, send_mail,
                      set_cpu_ram, start_vm, stop_vm, sync_ipset, task_type)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
@@ -93,10 +93,14 @@ def cp_update_ip(ctx: StepContext) -> StepResult:
     # Compared with what the VM has, not with this attempt's before and after: an attempt that failed after
     # handing an address back (committed) leaves the retry with nothing to compare (found in review: the
     # VM kept the address in cloud-init while the pool gave it to another VM).
+    # With no address left of a family (or none at all), its part goes, and with the last one ipconfig0
+    # itself: the VM must not keep an address the pool may hand to another VM (found by fuzzing).
     wanted = {k: v for k, v in cloudinit_values(ctx).items() if k in ("ipconfig0", "nameserver")}
     config = _config(ctx)
-    if any(config.get(key) != value for key, value in wanted.items()):
-        _put_config(ctx, **wanted)
+    changed = {key: value for key, value in wanted.items() if config.get(key) != value}
+    stale = [key for key in ("ipconfig0", "nameserver") if key not in wanted and key in config]
+    if changed or stale:
+        _put_config(ctx, **changed, **({"delete": ",".join(stale)} if stale else {}))
     if before == after:
         return Done(f"addresses unchanged; DNS: {summary.note}")
     return Done(f"+{len(after - before)} -{len(removed)} addresses; {summary.note}")
@@ -147,7 +151,7 @@ def cp_additional_disk_bandwidth(ctx: StepContext) -> StepResult:
 def cp_start(ctx: StepContext) -> StepResult:
     """Start once at the end, given up to a minute; a failure waits at cp_firewall. A runner that may wait
     less in one pass (an RQ worker, the in-process ticker) polls the start task again on its next pass."""
-    if ctx.service.status == "Suspended":
+    if ctx.suspended():
         return Done("skip - service suspended")
     outcome = start_vm(ctx, natural_wait=CP_START_WAIT)
     if isinstance(outcome, Wait):
@@ -161,7 +165,11 @@ def cp_start(ctx: StepContext) -> StepResult:
 
 
 def cp_verify(ctx: StepContext) -> StepResult:
-    if ctx.service.status != "Suspended" and _status(ctx).get("status") != "running":
+    if ctx.suspended():
+        outcome = keep_suspended_off(ctx)
+        if isinstance(outcome, Wait):
+            return outcome
+    elif _status(ctx).get("status") != "running":
         raise StepFailed("VM is not running")
     return send_mail(ctx, ctx.package.email_upgrade, {"vm_name": ctx.vm.name}, "upgrade")
 
@@ -316,7 +324,7 @@ def reset_password(ctx: StepContext) -> StepResult:
             return outcome
         values = cloudinit_values(ctx)
         _put_config(ctx, ciuser=values["ciuser"], cipassword=values.get("cipassword", ""))
-    if ctx.service.status != "Suspended":  # a suspended service's VM stays off (it boots with it later)
+    if not ctx.suspended():  # a suspended service's VM stays off (it boots with it later)
         started = start_vm(ctx)
         if isinstance(started, Wait):
             return started

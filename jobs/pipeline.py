@@ -194,6 +194,12 @@ class StepContext:
         """How long this pass may wait for a task: the step's own limit, capped by the runner's."""
         return natural if self.max_wait is None else min(natural, self.max_wait)
 
+    def suspended(self) -> bool:
+        """Whether the service is suspended now: read afresh, as WHMCS may suspend or unsuspend it while a
+        pass works on its VM (the VM's lease does not hold the service's row)."""
+        status = db.session.scalar(select(Service.status).where(Service.id == self.vm.service_id))
+        return status == "Suspended"
+
     def tracked_task(self) -> str | None:
         """The UPID of the Proxmox task this step started on an earlier pass, if any (await_task polls it
         rather than start another)."""

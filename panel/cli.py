@@ -1,4 +1,4 @@
-"""Admin commands until the panel has screens for them: ``flask product show|set``."""
+"""Admin commands until the panel has screens for them: ``flask product show|set``, ``flask pool release-service``."""
 from __future__ import annotations
 
 import json
@@ -46,6 +46,26 @@ def set_command(pid: int, assignments: tuple[str, ...], name: str | None) -> Non
     db.session.add(product)
     db.session.commit()
     click.echo(f"product {pid}: " + ", ".join(f"{k}={v}" for k, v in clean.items()))
+
+
+# ------------------------------------------------------------------ addresses
+
+pool_cli = AppGroup("pool", help="IP pool addresses.")
+
+
+@pool_cli.command("release-service")
+@click.argument("service_id", type=int)
+def release_service_command(service_id: int) -> None:
+    """Hand back the addresses a service holds with no VM record (kept when the record of a VM that failed
+    to terminate was deleted): only once that VM is gone from Proxmox."""
+    from core import ipam
+    from core.models import VM
+    if db.session.get(VM, service_id) is not None:
+        raise click.ClickException(f"service {service_id} has a VM record: its addresses go with its terminate "
+                                   "(or a reset to remove)")
+    held = [a.address for a in ipam.assigned(service_id)]
+    ipam.release(service_id)
+    click.echo(f"service {service_id}: handed back {', '.join(held) or 'nothing'}")
 
 
 # ------------------------------------------------------------------ admins and tokens

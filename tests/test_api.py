@@ -110,7 +110,7 @@ def test_vms_list_filters_log_reset_redeploy_delete(client, token):
     assert db.session.get(VM, 5546).status == "creation"
     for status in ("set_dns_records", "change_package"):  # both end at ready: not for a VM not cloned yet
         refused = client.post("/api/v1/vms/5546/reset", headers=auth(token), json={"status": status})
-        assert refused.status_code == 400 and "not been cloned yet" in refused.get_json()["errors"]["status"]
+        assert refused.status_code == 400 and "not deployed" in refused.get_json()["errors"]["status"]
         assert db.session.get(VM, 5546).status == "creation"
     assert client.post("/api/v1/vms/5547/redeploy", headers=auth(token)).status_code == 409
     assert client.post("/api/v1/vms/5546/redeploy", headers=auth(token)).status_code == 202

@@ -1,0 +1,231 @@
+"""Sequences of WHMCS calls, admin actions and ticks found by a stateful fuzz of both, each of which once ended
+with a VM not as its service says: a released address still in its cloud-init, a suspended service's VM
+running, a VM "ready" that was not deployed, two VMs with one address."""
+import threading
+
+import pytest
+
+from jobs.cron import run_tick
+from jobs.pipeline import Output
+from core import ipam
+from core import vms as vm_service
+from core.extensions import db
+from core.models import VM
+from tests.conftest import account_params, register_cluster
+
+
+def tick(clock, n=1):
+    lines = []
+    for _ in range(n):
+        clock.advance(60)
+        run_tick(Output(lines.append, clock), clock, only="processVirtualMachines")
+    return lines
+
+
+def test_reset_to_set_ip_is_refused_before_the_deploy_allocated_addresses(app, bridge, cluster, clock):
+    """set_ip goes on from the addresses the deploy allocated: from creation it skipped the allocation, and
+    the VM ended ready with no address."""
+    register_cluster(cluster, ipv4_count=1)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    vm = db.session.get(VM, 101)
+    with pytest.raises(vm_service.VMActionError, match="not deployed"):
+        vm_service.reset(vm, "set_ip")
+    assert vm.status == "creation"
+    tick(clock)
+    db.session.refresh(vm)
+    assert vm.status == "ready" and [a.address for a in ipam.assigned(101)] == ["192.0.2.10"]
+    vm_service.reset(vm, "set_ip")  # a deployed VM: the deploy runs again on its addresses
+    tick(clock)
+    db.session.refresh(vm)
+    assert vm.status == "ready"
+    assert cluster.pve.vm(vm.vmid).config.get("ipconfig0", "").startswith("ip=192.0.2.10/24")
+
+
+def test_change_package_to_no_addresses_leaves_the_released_address_in_cloud_init(app, bridge, cluster, clock):
+    register_cluster(cluster, ipv4_count=1)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    vm = db.session.get(VM, 101)
+    assert vm.status == "ready"
+    answer = bridge.call("ChangePackage", account_params(cluster, 101, configoptions={"IPv4 Addresses": "0"}))
+    assert answer.get_json()["result"] == "success"
+    lines = tick(clock)
+    db.session.refresh(vm)
+    assert vm.status == "ready", "\n".join(lines)
+    assert ipam.assigned(101) == []  # handed back to the pool ...
+    # ... and the next order gets it, while the first VM still boots with it
+    bridge.call("CreateAccount", account_params(cluster, 102))
+    tick(clock)
+    other = db.session.get(VM, 102)
+    assert [a.address for a in ipam.assigned(102)] == ["192.0.2.10"]
+    first = cluster.pve.vm(vm.vmid).config.get("ipconfig0")
+    second = cluster.pve.vm(other.vmid).config.get("ipconfig0")
+    assert "192.0.2.10" not in (first or ""), f"both VMs configured with 192.0.2.10: {first!r} / {second!r}"
+
+
+def test_start_on_a_suspended_service_powers_its_vm_on(app, bridge, cluster, clock):
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    vm = db.session.get(VM, 101)
+    assert bridge.call("SuspendAccount", account_params(cluster, 101)).get_json()["result"] == "success"
+    assert cluster.pve.vm(vm.vmid).status == "stopped"
+    answer = bridge.call("Start", account_params(cluster, 101, status="Suspended")).get_json()
+    # ResetPassword and Reinstall answer "the service is suspended"; Start powers the VM on
+    assert answer["result"] == "error", answer
+    assert cluster.pve.vm(vm.vmid).status == "stopped"
+
+
+def test_reset_of_a_terminated_vm_to_set_dns_records_reports_ready_for_a_vm_not_on_proxmox(app, bridge, cluster, clock):
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    assert bridge.call("TerminateAccount", account_params(cluster, 101)).get_json()["result"] == "success"
+    tick(clock)
+    vm = db.session.get(VM, 101)
+    db.session.refresh(vm)
+    assert vm.status == "remove" and cluster.pve.vm(vm.vmid) is None
+    try:
+        vm_service.reset(vm, "set_dns_records")
+    except vm_service.VMActionError:
+        return  # refused, as for a VM not cloned yet: fine
+    tick(clock)
+    db.session.refresh(vm)
+    assert not (vm.status == "ready" and cluster.pve.vm(vm.vmid) is None), \
+        "status ready for a VM that is not on Proxmox (the case commit 9ec9c5a refused for a VM not cloned yet)"
+
+
+def _deploy_paused_before_configuration(bridge, cluster, clock):
+    """A deploy that cloned the VM but failed its Set CPU & RAM (the VM waits at `migrated`, cloned, stopped)."""
+    register_cluster(cluster, cpu_cores=2, ram_mb=2048)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    cluster.pve.fail("PUT", "/nodes/{node}/qemu/{vmid}/config", 500, "injected failure", times=1)
+    lines = tick(clock)
+    vm = db.session.get(VM, 101)
+    db.session.refresh(vm)
+    assert vm.status == "migrated" and cluster.pve.vm(vm.vmid).status == "stopped", "\n".join(lines)
+    return vm
+
+
+@pytest.mark.parametrize("status", ["set_dns_records", "change_package"])
+def test_reset_of_a_half_deployed_vm_to_a_later_pipeline_is_refused(app, bridge, cluster, clock, status):
+    """Both end at ready and neither configures a VM from scratch: from a deploy paused after its clone they
+    reported ready a VM that was stopped with the template's CPU (set_dns_records), or ran without its
+    cloud-init user, password and keys (change_package)."""
+    vm = _deploy_paused_before_configuration(bridge, cluster, clock)
+    with pytest.raises(vm_service.VMActionError, match="not deployed"):
+        vm_service.reset(vm, status)
+    assert vm.status == "migrated"
+    tick(clock)
+    db.session.refresh(vm)
+    config = cluster.pve.vm(vm.vmid).config
+    assert vm.status == "ready" and int(config["cores"]) == 2 and config.get("ciuser") == "root"
+
+
+def test_addresses_kept_for_a_deleted_error_terminate_record_are_not_reused_by_the_service_ordered_again(
+        app, bridge, cluster, clock):
+    """Two VMs booted with one address: the one that failed to terminate (still on Proxmox) and its service's
+    new one. CreateAccount is refused until the admin hands the addresses back."""
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    old = db.session.get(VM, 101).vmid
+    cluster.pve.fail("DELETE", "/nodes/{node}/qemu/{vmid}", 500, "storage unreachable", times=1)
+    bridge.call("TerminateAccount", account_params(cluster, 101))
+    tick(clock)
+    vm = db.session.get(VM, 101)
+    db.session.refresh(vm)
+    assert vm.status == "error_terminate" and cluster.pve.vm(old) is not None
+    vm_service.delete_record(vm)
+    assert [a.address for a in ipam.assigned(101)] == ["192.0.2.10"]
+    refused = bridge.call("CreateAccount", account_params(cluster, 101)).get_json()
+    assert refused["result"] == "error" and "flask pool release-service 101" in refused["message"]
+    assert db.session.get(VM, 101) is None
+    done = app.test_cli_runner().invoke(args=["pool", "release-service", "101"])
+    assert done.exit_code == 0 and "handed back 192.0.2.10" in done.output and ipam.assigned(101) == []
+    assert bridge.call("CreateAccount", account_params(cluster, 101)).get_json()["result"] == "success"
+    kept = app.test_cli_runner().invoke(args=["pool", "release-service", "101"])
+    assert kept.exit_code != 0 and "has a VM record" in kept.output
+
+
+def _during_pass(app, clock, after_prefix, call):
+    """Run one tick; when the pass prints a line starting with ``after_prefix`` (right after a step committed),
+    ``call`` runs in another thread with its own app context and session, as a bridge request would in the web
+    process while a worker runs the pass. Returns what ``call`` returned."""
+    got, lines = [], []
+
+    def line(text):
+        lines.append(text)
+        if text.startswith(after_prefix) and not got:
+            def other():
+                with app.app_context():
+                    try:
+                        got.append(call())
+                    finally:
+                        db.session.remove()
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join(60)
+    clock.advance(60)
+    run_tick(Output(line, clock), clock, only="processVirtualMachines")
+    assert got, "\n".join(lines)
+    return got[0], lines
+
+
+def test_suspend_while_a_deploy_pass_runs_ends_with_the_suspended_vm_running(app, bridge, cluster, clock):
+    from core.models import Service
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    answer, lines = _during_pass(app, clock, "[+] 5. Set CPU & RAM",
+                                 lambda: bridge.call("SuspendAccount", account_params(cluster, 101)).get_json())
+    assert answer == {"result": "success"}
+    vm, service = db.session.get(VM, 101), db.session.get(Service, 101)
+    db.session.refresh(vm), db.session.refresh(service)
+    assert (vm.status, service.status) == ("ready", "Suspended"), "\n".join(lines)
+    assert cluster.pve.vm(vm.vmid).status == "stopped", "the pass read Active before the Suspend and started the VM"
+
+
+def test_suspend_while_a_change_package_pass_runs_ends_with_the_suspended_vm_running(app, bridge, cluster, clock):
+    from core.models import Service
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    bridge.call("ChangePackage", account_params(cluster, 101, configoptions={"CPU Cores": "2"}))
+    answer, lines = _during_pass(app, clock, "[+] 3. Set CPU & RAM",
+                                 lambda: bridge.call("SuspendAccount", account_params(cluster, 101,
+                                                     configoptions={"CPU Cores": "2"})).get_json())
+    assert answer == {"result": "success"}
+    vm, service = db.session.get(VM, 101), db.session.get(Service, 101)
+    db.session.refresh(vm), db.session.refresh(service)
+    assert (vm.status, service.status) == ("ready", "Suspended"), "\n".join(lines)
+    assert cluster.pve.vm(vm.vmid).status == "stopped", "cp_start read Active before the Suspend and started the VM"
+
+
+def test_unsuspend_while_a_deploy_pass_runs_leaves_the_active_vm_off(app, bridge, cluster, clock):
+    from core.models import Service
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    assert bridge.call("SuspendAccount", account_params(cluster, 101)).get_json()["result"] == "success"
+    answer, lines = _during_pass(app, clock, "[+] 5. Set CPU & RAM",
+                                 lambda: bridge.call("UnsuspendAccount", account_params(cluster, 101,
+                                                     status="Suspended")).get_json())
+    assert answer == {"result": "success"}
+    vm, service = db.session.get(VM, 101), db.session.get(Service, 101)
+    db.session.refresh(vm), db.session.refresh(service)
+    assert (vm.status, service.status) == ("ready", "Active"), "\n".join(lines)
+    # UnsuspendAccount: "one in a pipeline is started by the pipeline at its end, now that the service is active"
+    assert cluster.pve.vm(vm.vmid).status == "running", "the pass read Suspended and left the VM off for good"
+def test_reordered_service_keeps_reinstall_os(app, bridge, cluster, clock):
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    a = bridge.call("Reinstall", {**account_params(cluster, 101), "template": 9001}).get_json()
+    assert a["result"] == "success", a
+    tick(clock)
+    bridge.call("TerminateAccount", account_params(cluster, 101))
+    tick(clock)
+    assert bridge.call("CreateAccount", account_params(cluster, 101)).get_json()["result"] == "success"
+    n = len(cluster.pve.requests)
+    tick(clock)
+    clones = [p for m, p, _ in cluster.pve.requests[n:] if m == "POST" and p.endswith("/clone")]
+    assert clones == ["/api2/json/nodes/pve1/qemu/9000/clone"], clones
