@@ -472,9 +472,10 @@ def _status(ctx: StepContext) -> dict:
     return ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}
 
 
-def start_vm(ctx: StepContext, natural_wait: float | None = None) -> StepResult:
+def start_vm(ctx: StepContext, natural_wait: float | None = None, seen: str | None = None) -> StepResult:
+    """Start the VM (or poll the start an earlier pass sent); ``seen``: its power state, if just read."""
     vm = ctx.vm
-    if not ctx.tracked_task() and _status(ctx).get("status") == "running":
+    if not ctx.tracked_task() and (seen or _status(ctx).get("status")) == "running":
         return Done("already running")
     pve = ctx.pve()
     try:
@@ -555,8 +556,11 @@ def start_step(ctx: StepContext) -> StepResult:
     if ctx.suspended():
         return Done("skip - service suspended")
     tracked = task_type(ctx.tracked_task())
-    if tracked == "qmstart" or (not tracked and _status(ctx).get("status") != "running"):
+    if tracked == "qmstart":
         return start_vm(ctx)
+    seen = _status(ctx).get("status") if not tracked else None
+    if not tracked and seen != "running":
+        return start_vm(ctx, seen=seen or "unknown")
     note = "restarted to apply pending changes"
     if not tracked:
         pending = pending_changes(ctx)
