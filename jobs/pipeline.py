@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -286,6 +287,10 @@ def release(service_id: int, owner: str) -> None:
     db.session.commit()
 
 
+# Set when the worker process is told to stop: a pass then ends before its next step (see jobs.worker).
+stopping = threading.Event()
+
+
 class VMChanged(Exception):
     """The VM is not this pass's any more: its status was changed (a terminate, an admin's reset) or another
     runner took its lease while the pass worked on it."""
@@ -454,6 +459,9 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
     while vm.status != pipeline.final:
         step = pipeline.step_from(vm.status)
         if step is None:
+            break
+        if number and stopping.is_set():  # the worker is stopping: what is committed stays, the rest waits
+            outcome, result.message = "waiting", "the worker is stopping"
             break
         number += 1
         began, cpu_began = clock.monotonic(), time.process_time()

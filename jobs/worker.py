@@ -10,6 +10,7 @@ import logging
 import secrets
 
 from flask import Flask
+from rq.worker import SimpleWorker as RQSimpleWorker
 from rq.worker import Worker
 
 log = logging.getLogger("pkvm.worker")
@@ -39,6 +40,17 @@ class PreloadedWorker(Worker):
         with _get_app().app_context():
             db.engine.dispose(close=False)  # the parent's pooled connections are not this process's
         return super().main_work_horse(*args, **kwargs)
+
+
+class SimpleWorker(RQSimpleWorker):
+    """``rq worker -w jobs.worker.SimpleWorker``: RQ's SimpleWorker (jobs run in the worker's own process),
+    which, told to stop (SIGTERM, Ctrl+C), ends the pass it is in at its next step rather than carry a
+    deploy through to its end; the VM's follow-up job (or the next tick) goes on from there."""
+
+    def request_stop(self, signum, frame):
+        from .pipeline import stopping
+        stopping.set()
+        super().request_stop(signum, frame)
 
 
 def process_vm_job(service_id: int) -> dict:

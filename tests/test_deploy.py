@@ -836,3 +836,28 @@ def test_a_pass_that_ended_without_a_word_is_noted_in_the_vm_log(app, bridge, cl
     assert "did not finish" in runs[0].error and any("did not finish" in line for line in lines)
     tick(clock, lines)  # a pass that let its lease go is not noted
     assert len(db.session.scalars(select(VMRun).where(VMRun.service_id == 92)).all()) == 2
+
+
+def test_a_pass_ends_at_its_next_step_once_the_worker_is_stopping(app, bridge, cluster, clock):
+    """A worker told to stop (jobs.worker.SimpleWorker sets the flag) does not carry a whole deploy through:
+    the pass ends after the step it is in, and the next one goes on from there."""
+    import jobs.pipeline
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 91))
+    lines: list[str] = []
+
+    def line(text: str) -> None:
+        lines.append(text)
+        if text.startswith("[+] 2."):
+            jobs.pipeline.stopping.set()
+    try:
+        result = run_vm(91, Output(line, clock), clock)
+    finally:
+        jobs.pipeline.stopping.clear()
+    vm = db.session.get(VM, 91)
+    db.session.refresh(vm)
+    assert (vm.status, result.result, result.message) == ("set_dns", "waiting", "the worker is stopping"), lines
+    assert vm.vmid is None  # the clone was not started
+    tick(clock)
+    db.session.refresh(vm)
+    assert vm.status == "ready"

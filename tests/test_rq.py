@@ -181,6 +181,25 @@ def test_a_tick_counts_only_the_vm_jobs_it_queued(rq_app, redis_conn, cluster, c
     assert queue.job_ids == [f"{queue.name}-vm-508"]
 
 
+def test_the_stopping_simple_worker_tells_passes_to_end(redis_conn):
+    """SIGTERM's handler (request_stop) of jobs.worker.SimpleWorker sets the flag passes look at."""
+    import signal
+
+    from rq.exceptions import StopRequested
+
+    import jobs.pipeline
+    worker = jobs.worker.SimpleWorker([Queue(f"pkvm-test-{secrets.token_hex(4)}", connection=redis_conn)],
+                                      connection=redis_conn)
+    try:
+        with pytest.raises(StopRequested):  # an idle worker stops at once
+            worker.request_stop(signal.SIGTERM, None)
+        assert jobs.pipeline.stopping.is_set()
+    finally:
+        jobs.pipeline.stopping.clear()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _ready_vm_with_less_memory(app, queue, redis_conn, cluster, service_id):
     """A deployed VM whose memory was changed behind our back (a one-step VMSetCpuRam puts it right)."""
     register_cluster(cluster)
