@@ -55,8 +55,8 @@ JOB_START_GRACE = timedelta(seconds=60)  # a VM job takes its VM's lease in its 
 def workers_alive(queue) -> tuple[int, int]:
     """(alive, dead) among the workers RQ has registered for the queue. A worker killed in the middle of a
     job stays registered for the job's timeout (an hour for a VM job): one whose VM job no longer holds
-    its VM's lease (lapsed, or taken by another worker since) is dead (a VM job renews it as it goes). An idle worker's registration lapses by
-    itself, a few minutes after its last heartbeat."""
+    its VM's lease (lapsed, or taken by another worker since) is dead (a VM job renews it as it goes). An
+    idle worker's registration lapses by itself, a few minutes after its last heartbeat."""
     from rq import Worker
 
     from .queue import holds_lease, service_of_job

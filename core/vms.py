@@ -20,7 +20,6 @@ from .models import VM, Client, IPAddress, Product, Server, Service, VMRun, id_f
 # The statuses an admin may reset a VM to (seed 002, "Reset VM Status"), with when to use each.
 RESET_STATUSES = ("ready", "creation", "set_ip", "change_package", "set_dns_records", "terminate", "remove")
 DELETABLE = ("error_terminate", "remove")
-
 SERVICE_STATUSES = ("Active", "Suspended", "Terminated", "Cancelled", "Pending")
 SERVICE_LABELS = {"Active": _l("Active"), "Suspended": _l("Suspended"), "Terminated": _l("Terminated"),
                   "Cancelled": _l("Cancelled"), "Pending": _l("Pending"), "Fraud": _l("Fraud"),

@@ -592,8 +592,13 @@ def verify_running(ctx: StepContext) -> StepResult:
 def keep_suspended_off(ctx: StepContext) -> StepResult:
     """A suspended service's VM off (Wait while it stops): a suspend that came while the start step ran (it
     read the service as active) is made good here."""
-    if task_type(ctx.tracked_task()) == "qmstart":
-        ctx.forget_task(commit=False)  # that start is not waited for: the VM is to be off
+    if task_type(ctx.tracked_task()) == "qmstart":  # a start still under way: its end first, then the stop
+        try:
+            outcome = ctx.await_task(lambda: ctx.vm.task_upid, settings.get("api_heavy_timeout"), "start")
+        except StepFailed:
+            outcome = Done()  # it did not start: off, as it should be
+        if isinstance(outcome, Wait):
+            return outcome
     return stop_vm(ctx, settings.get("api_heavy_timeout"))
 
 

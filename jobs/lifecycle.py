@@ -10,8 +10,8 @@ from core.proxmox.cluster import is_ours, vm_location
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
                      _system_disk, access_parameters, cloudinit_values, configure_firewall, configure_network,
-                     dns_target, ensure_running, keep_suspended_off, network_values, pending_changes, resize_system_disk, send_mail,
-                     set_cpu_ram, start_vm, stop_vm, sync_ipset, task_type)
+                     dns_target, ensure_running, keep_suspended_off, network_values, pending_changes,
+                     resize_system_disk, send_mail, set_cpu_ram, start_vm, stop_vm, sync_ipset, task_type)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
 
 CP_START_WAIT = 60  # seconds the start at the end of a change package is polled in the same pass
