@@ -41,7 +41,7 @@ def test_reset_to_set_ip_is_refused_before_the_deploy_allocated_addresses(app, b
     assert cluster.pve.vm(vm.vmid).config.get("ipconfig0", "").startswith("ip=192.0.2.10/24")
 
 
-def test_change_package_to_no_addresses_leaves_the_released_address_in_cloud_init(app, bridge, cluster, clock):
+def test_a_change_package_to_no_addresses_takes_the_released_address_out_of_cloud_init(app, bridge, cluster, clock):
     register_cluster(cluster, ipv4_count=1)
     bridge.call("CreateAccount", account_params(cluster, 101))
     tick(clock)
@@ -61,9 +61,10 @@ def test_change_package_to_no_addresses_leaves_the_released_address_in_cloud_ini
     first = cluster.pve.vm(vm.vmid).config.get("ipconfig0")
     second = cluster.pve.vm(other.vmid).config.get("ipconfig0")
     assert "192.0.2.10" not in (first or ""), f"both VMs configured with 192.0.2.10: {first!r} / {second!r}"
+    assert "nameserver" not in cluster.pve.vm(vm.vmid).config
 
 
-def test_start_on_a_suspended_service_powers_its_vm_on(app, bridge, cluster, clock):
+def test_start_is_refused_for_a_suspended_service(app, bridge, cluster, clock):
     register_cluster(cluster)
     bridge.call("CreateAccount", account_params(cluster, 101))
     tick(clock)
@@ -71,12 +72,13 @@ def test_start_on_a_suspended_service_powers_its_vm_on(app, bridge, cluster, clo
     assert bridge.call("SuspendAccount", account_params(cluster, 101)).get_json()["result"] == "success"
     assert cluster.pve.vm(vm.vmid).status == "stopped"
     answer = bridge.call("Start", account_params(cluster, 101, status="Suspended")).get_json()
-    # ResetPassword and Reinstall answer "the service is suspended"; Start powers the VM on
-    assert answer["result"] == "error", answer
+    assert answer == {"result": "error", "message": "the service is suspended: unsuspend it to start its VM"}
     assert cluster.pve.vm(vm.vmid).status == "stopped"
 
 
-def test_reset_of_a_terminated_vm_to_set_dns_records_reports_ready_for_a_vm_not_on_proxmox(app, bridge, cluster, clock):
+@pytest.mark.parametrize("status", ["set_dns_records", "change_package", "set_ip"])
+def test_a_terminated_vm_is_not_reset_to_a_pipeline_that_needs_it(app, bridge, cluster, clock, status):
+    """set_dns_records ended "ready" for a VM that was no longer on Proxmox."""
     register_cluster(cluster)
     bridge.call("CreateAccount", account_params(cluster, 101))
     tick(clock)
@@ -85,14 +87,9 @@ def test_reset_of_a_terminated_vm_to_set_dns_records_reports_ready_for_a_vm_not_
     vm = db.session.get(VM, 101)
     db.session.refresh(vm)
     assert vm.status == "remove" and cluster.pve.vm(vm.vmid) is None
-    try:
-        vm_service.reset(vm, "set_dns_records")
-    except vm_service.VMActionError:
-        return  # refused, as for a VM not cloned yet: fine
-    tick(clock)
-    db.session.refresh(vm)
-    assert not (vm.status == "ready" and cluster.pve.vm(vm.vmid) is None), \
-        "status ready for a VM that is not on Proxmox (the case commit 9ec9c5a refused for a VM not cloned yet)"
+    with pytest.raises(vm_service.VMActionError, match="not deployed"):
+        vm_service.reset(vm, status)
+    assert vm.status == "remove"
 
 
 def _deploy_paused_before_configuration(bridge, cluster, clock):
@@ -172,55 +169,40 @@ def _during_pass(app, clock, after_prefix, call):
     return got[0], lines
 
 
-def test_suspend_while_a_deploy_pass_runs_ends_with_the_suspended_vm_running(app, bridge, cluster, clock):
+@pytest.mark.parametrize(("pipeline", "call", "after", "service_status", "power"), [
+    ("deploy", "SuspendAccount", "[+] 5. Set CPU & RAM", "Suspended", "stopped"),
+    ("change_package", "SuspendAccount", "[+] 3. Set CPU & RAM", "Suspended", "stopped"),
+    ("deploy", "UnsuspendAccount", "[+] 5. Set CPU & RAM", "Active", "running"),
+])
+def test_a_suspend_or_unsuspend_while_a_pass_runs_leaves_the_vm_as_the_service_says(
+        app, bridge, cluster, clock, pipeline, call, after, service_status, power):
+    """The pass read the service's status once, at its start: a suspend that came meanwhile had its VM
+    started again at the end, an unsuspend left it off for good."""
     from core.models import Service
     register_cluster(cluster)
     bridge.call("CreateAccount", account_params(cluster, 101))
-    answer, lines = _during_pass(app, clock, "[+] 5. Set CPU & RAM",
-                                 lambda: bridge.call("SuspendAccount", account_params(cluster, 101)).get_json())
+    if pipeline == "change_package":
+        tick(clock)
+        bridge.call("ChangePackage", account_params(cluster, 101, configoptions={"CPU Cores": "2"}))
+    if call == "UnsuspendAccount":
+        assert bridge.call("SuspendAccount", account_params(cluster, 101)).get_json()["result"] == "success"
+    extra = {"status": "Suspended"} if call == "UnsuspendAccount" else {}
+    answer, lines = _during_pass(app, clock, after, lambda: bridge.call(call, account_params(
+        cluster, 101, **extra, **({"configoptions": {"CPU Cores": "2"}} if pipeline == "change_package" else {}))
+    ).get_json())
     assert answer == {"result": "success"}
     vm, service = db.session.get(VM, 101), db.session.get(Service, 101)
     db.session.refresh(vm), db.session.refresh(service)
-    assert (vm.status, service.status) == ("ready", "Suspended"), "\n".join(lines)
-    assert cluster.pve.vm(vm.vmid).status == "stopped", "the pass read Active before the Suspend and started the VM"
+    assert (vm.status, service.status) == ("ready", service_status), "\n".join(lines)
+    assert cluster.pve.vm(vm.vmid).status == power, "\n".join(lines)
 
 
-def test_suspend_while_a_change_package_pass_runs_ends_with_the_suspended_vm_running(app, bridge, cluster, clock):
-    from core.models import Service
+def test_a_service_ordered_again_clones_the_products_template_not_an_old_reinstalls(app, bridge, cluster, clock):
     register_cluster(cluster)
     bridge.call("CreateAccount", account_params(cluster, 101))
     tick(clock)
-    bridge.call("ChangePackage", account_params(cluster, 101, configoptions={"CPU Cores": "2"}))
-    answer, lines = _during_pass(app, clock, "[+] 3. Set CPU & RAM",
-                                 lambda: bridge.call("SuspendAccount", account_params(cluster, 101,
-                                                     configoptions={"CPU Cores": "2"})).get_json())
-    assert answer == {"result": "success"}
-    vm, service = db.session.get(VM, 101), db.session.get(Service, 101)
-    db.session.refresh(vm), db.session.refresh(service)
-    assert (vm.status, service.status) == ("ready", "Suspended"), "\n".join(lines)
-    assert cluster.pve.vm(vm.vmid).status == "stopped", "cp_start read Active before the Suspend and started the VM"
-
-
-def test_unsuspend_while_a_deploy_pass_runs_leaves_the_active_vm_off(app, bridge, cluster, clock):
-    from core.models import Service
-    register_cluster(cluster)
-    bridge.call("CreateAccount", account_params(cluster, 101))
-    assert bridge.call("SuspendAccount", account_params(cluster, 101)).get_json()["result"] == "success"
-    answer, lines = _during_pass(app, clock, "[+] 5. Set CPU & RAM",
-                                 lambda: bridge.call("UnsuspendAccount", account_params(cluster, 101,
-                                                     status="Suspended")).get_json())
-    assert answer == {"result": "success"}
-    vm, service = db.session.get(VM, 101), db.session.get(Service, 101)
-    db.session.refresh(vm), db.session.refresh(service)
-    assert (vm.status, service.status) == ("ready", "Active"), "\n".join(lines)
-    # UnsuspendAccount: "one in a pipeline is started by the pipeline at its end, now that the service is active"
-    assert cluster.pve.vm(vm.vmid).status == "running", "the pass read Suspended and left the VM off for good"
-def test_reordered_service_keeps_reinstall_os(app, bridge, cluster, clock):
-    register_cluster(cluster)
-    bridge.call("CreateAccount", account_params(cluster, 101))
-    tick(clock)
-    a = bridge.call("Reinstall", {**account_params(cluster, 101), "template": 9001}).get_json()
-    assert a["result"] == "success", a
+    answer = bridge.call("Reinstall", {**account_params(cluster, 101), "template": 9001}).get_json()
+    assert answer["result"] == "success", answer
     tick(clock)
     bridge.call("TerminateAccount", account_params(cluster, 101))
     tick(clock)
