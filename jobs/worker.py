@@ -26,7 +26,23 @@ def _get_app() -> Flask:
     return _app
 
 
-class PreloadedWorker(Worker):
+class _RegistersAgain:
+    """A worker that registers itself again when Redis has lost its data (restarted without persistence):
+    RQ's own goes on working unregistered, and /healthz (like ``rq info``) would count no worker."""
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None and not self.connection.hexists(self.key, "birth"):
+            from rq import worker_registration
+            with self.connection.pipeline() as again:
+                again.hset(self.key, mapping=self.serialize())
+                worker_registration.register(self, again)
+                again.expire(self.key, self.worker_ttl + 60)
+                again.execute()
+            log.warning("worker %s registered again: Redis had lost its registration", self.name)
+
+
+class PreloadedWorker(_RegistersAgain, Worker):
     """``rq worker -w jobs.worker.PreloadedWorker``: the app is built once, before the worker forks, so a
     job's work horse starts with it ready (the plain worker would build it again in every horse, about a
     second of CPU per job). Each horse drops the database connections it inherited."""
@@ -42,7 +58,7 @@ class PreloadedWorker(Worker):
         return super().main_work_horse(*args, **kwargs)
 
 
-class SimpleWorker(RQSimpleWorker):
+class SimpleWorker(_RegistersAgain, RQSimpleWorker):
     """``rq worker -w jobs.worker.SimpleWorker``: RQ's SimpleWorker (jobs run in the worker's own process),
     which, told to stop (SIGTERM, Ctrl+C), ends the pass it is in at its next step rather than carry a
     deploy through to its end; the VM's follow-up job (or the next tick) goes on from there."""

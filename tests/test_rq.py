@@ -200,6 +200,29 @@ def test_the_stopping_simple_worker_tells_passes_to_end(redis_conn):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@pytest.mark.parametrize("worker_class", ["SimpleWorker", "PreloadedWorker"])
+def test_a_worker_registers_again_after_redis_lost_its_data(redis_conn, worker_class, monkeypatch, rq_app):
+    """Found in an audit: after a Redis restart without its data the workers went on working unregistered,
+    and /healthz said degraded with no worker until they were restarted."""
+    from rq import Worker
+    app, queue = rq_app
+    worker = getattr(jobs.worker, worker_class)([queue], connection=redis_conn)
+    worker.register_birth()
+    try:
+        assert [w.name for w in Worker.all(queue=queue)] == [worker.name]
+        # what FLUSHDB leaves of a worker: nothing (its next heartbeat writes last_heartbeat alone)
+        redis_conn.delete(worker.key)
+        redis_conn.srem(worker.redis_workers_keys, worker.key)
+        redis_conn.srem(f"rq:workers:{queue.name}", worker.key)
+        assert Worker.all(queue=queue) == []
+        worker.heartbeat()
+        assert [w.name for w in Worker.all(queue=queue)] == [worker.name]
+        assert Worker.all(queue=queue)[0].queue_names() == [queue.name]
+    finally:
+        worker.register_death()
+        redis_conn.delete(worker.key)
+
+
 def _ready_vm_with_less_memory(app, queue, redis_conn, cluster, service_id):
     """A deployed VM whose memory was changed behind our back (a one-step VMSetCpuRam puts it right)."""
     register_cluster(cluster)
