@@ -123,10 +123,14 @@ def reset(vm: VM, status: str) -> VM:
     # change_package and set_dns_records end at ready, and neither configures a VM from scratch: only for a
     # deployed one. set_ip goes on from the addresses the deploy allocated: not before it did, nor after a
     # terminate handed them back. (Found by fuzzing admin actions: each ended "ready" without a working VM.)
-    if (status in ("change_package", "set_dns_records") and (vm.vmid is None or vm.status not in DEPLOYED)) \
+    # set_dns_records leaves the VM as it is: not one a change package or a password reset has powered off.
+    deployed = DEPLOYED if status == "change_package" else RUNNING_AS_DEPLOYED
+    if (status in ("change_package", "set_dns_records") and (vm.vmid is None or vm.status not in deployed)) \
             or (status == "set_ip" and vm.status in ("creation", "terminate", "remove", "error_terminate")):
         raise VMActionError({"status": _l("This VM is not deployed: reset it to creation, where its deploy "
                                           "starts.")})
+    if status == "creation":  # a deploy from scratch: as a redeploy, not for a terminated service
+        _refuse_if_terminated(vm)
     vm.status = status
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None
@@ -141,17 +145,22 @@ def reset(vm: VM, status: str) -> VM:
     return vm
 
 
-def redeploy(vm: VM) -> VM:
-    """Queue a full redeploy: the next tick destroys the VM on Proxmox, hands its addresses back, clears its
-    log and deploys it from ``creation``. Refused for a VM that is ready (reset it first)."""
-    if vm.status == "ready":
-        raise VMActionError({"status": _l("A ready VM is not redeployed; reset its status first if you must.")})
+def _refuse_if_terminated(vm: VM) -> None:
+    """A terminated service is created again by WHMCS (CreateAccount), not deployed again from here."""
     if vm.status in ("terminate", "remove"):
         raise VMActionError({"status": _l("A terminated service is not redeployed; WHMCS creates it again.")})
     if vm.status == "error_terminate":
         raise VMActionError({"status": _l("A VM that failed to terminate is not redeployed: its service is "
                                           "being cancelled. Fix the cause, then reset it to terminate or "
                                           "remove.")})
+
+
+def redeploy(vm: VM) -> VM:
+    """Queue a full redeploy: the next tick destroys the VM on Proxmox, hands its addresses back, clears its
+    log and deploys it from ``creation``. Refused for a VM that is ready (reset it first)."""
+    if vm.status == "ready":
+        raise VMActionError({"status": _l("A ready VM is not redeployed; reset its status first if you must.")})
+    _refuse_if_terminated(vm)
     vm.status = "redeploy"
     vm.task_upid = vm.task_status = vm.task_started_at = None
     vm.next_run_at = None
@@ -262,6 +271,8 @@ PIPELINE_STATUSES = {
 # Statuses of a VM whose deploy has finished: ready, or a later pipeline at work on it.
 DEPLOYED = frozenset(("ready", "set_dns_records", "reset_password", "change_password",
                       *PIPELINE_STATUSES["change_package"]))
+# Of those, the statuses at which the VM runs as deployed (no pipeline has powered it off to change it).
+RUNNING_AS_DEPLOYED = frozenset(("ready", "set_dns_records", "change_package", "cp_update_ip"))
 KNOWN_STATUSES = frozenset(s for group in PIPELINE_STATUSES.values() for s in group) | {
     "ready", "remove", "error_terminate"}
 

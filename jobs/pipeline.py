@@ -325,6 +325,19 @@ def lease_seconds(max_wait: float | None) -> float:
     return longest + 2 * heavy + LEASE_SLACK
 
 
+# Pipelines that apply what WHMCS last sent for the service (its package, its password).
+RUN_AGAIN_ON_CHANGE = ("change_package", "change_password")
+
+
+def _service_changed(vm: VM) -> bool:
+    """Whether the service's package or password differs now from what this pass read at its start."""
+    service = vm.service
+    row = db.session.execute(select(Service.product_id, Service.configoptions, Service.password)
+                             .where(Service.id == vm.service_id)).first()
+    return row is not None and (row.product_id, row.configoptions, row.password) != (
+        service.product_id, service.configoptions, service.password)
+
+
 def _save_run(vm: VM, pipeline: Pipeline, source: str, result: str, error: str | None, steps: list[dict],
               started: datetime, clock: Clock) -> None:
     db.session.add(VMRun(service_id=vm.service_id, action=pipeline.action, from_status=source,
@@ -547,4 +560,14 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
     if current != vm.status:  # changed since this pass's last step: its retry time and log are not wanted
         raise VMChanged(f"was changed meanwhile (now {current})")
     _save_run(vm, pipeline, source, result.result, error, steps, started, clock)
+    if result.result == "success" and pipeline.action in RUN_AGAIN_ON_CHANGE and _service_changed(vm):
+        # WHMCS changed the service while this pass worked from what it read at its start (a second
+        # ChangePackage or ChangePassword, accepted as the pipeline's status was already its own): the
+        # pipeline runs again with what the service says now.
+        entry = pipeline.steps[0].source
+        db.session.execute(update(VM).where(VM.service_id == vm.service_id, VM.status == vm.status)
+                           .values(status=entry))
+        set_committed_value(vm, "status", entry)
+        out.line(f"--- {pipeline.name}: the service changed while it ran: again from [{entry}] ---")
+        result.result, result.message = "changed", "the service changed while the pass ran"
     db.session.commit()

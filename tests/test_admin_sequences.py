@@ -211,3 +211,70 @@ def test_a_service_ordered_again_clones_the_products_template_not_an_old_reinsta
     tick(clock)
     clones = [p for m, p, _ in cluster.pve.requests[n:] if m == "POST" and p.endswith("/clone")]
     assert clones == ["/api2/json/nodes/pve1/qemu/9000/clone"], clones
+
+
+@pytest.mark.parametrize(("function", "first", "second"), [
+    ("ChangePackage", {"configoptions": {"CPU Cores": "2"}}, {"configoptions": {"CPU Cores": "4"}}),
+    ("ChangePassword", {"password": "First-pw-123"}, {"password": "Second-pw-456"}),
+])
+def test_a_second_change_accepted_while_the_first_ones_pass_runs_is_applied_too(app, bridge, cluster, clock,
+                                                                               function, first, second):
+    """The pass worked from what it read at its start and ended ready: the second package, or password,
+    which WHMCS was told is being applied, never was."""
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    assert bridge.call(function, account_params(cluster, 101, **first)).get_json()["result"] == "success"
+    answer, lines = _during_pass(app, clock, f"--- {function}:", lambda: bridge.call(
+        function, account_params(cluster, 101, **second)).get_json())
+    assert answer["result"] == "success"
+    assert any("the service changed while it ran" in line for line in lines), "\n".join(lines)
+    lines += tick(clock, 2)
+    vm = db.session.get(VM, 101)
+    db.session.refresh(vm)
+    config = cluster.pve.vm(vm.vmid).config
+    assert vm.status == "ready", "\n".join(lines)
+    if function == "ChangePackage":
+        assert int(config["cores"]) == 4
+    else:
+        assert config.get("cipassword") == "Second-pw-456"
+
+
+@pytest.mark.parametrize("where", ["terminate", "remove", "error_terminate"])
+def test_a_terminated_service_is_not_reset_to_creation(app, bridge, cluster, clock, where):
+    """As a redeploy is refused: the reset deployed (or kept) a running VM with an address for the
+    terminated service."""
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    if where == "error_terminate":
+        cluster.pve.fail("DELETE", "/nodes/{node}/qemu/{vmid}", 500, "storage unreachable", times=1)
+    assert bridge.call("TerminateAccount", account_params(cluster, 101)).get_json()["result"] == "success"
+    if where != "terminate":
+        tick(clock)
+    vm = db.session.get(VM, 101)
+    db.session.refresh(vm)
+    assert vm.status == where
+    with pytest.raises(vm_service.VMActionError, match="not redeployed"):
+        vm_service.reset(vm, "creation")
+    assert vm.status == where
+
+
+def test_a_vm_a_change_package_powered_off_is_not_reset_to_set_dns_records(app, bridge, cluster, clock):
+    """set_dns_records leaves the VM as it is and ends ready: here, off for good with the change dropped."""
+    register_cluster(cluster)
+    bridge.call("CreateAccount", account_params(cluster, 101))
+    tick(clock)
+    bridge.call("ChangePackage", account_params(cluster, 101, configoptions={"CPU Cores": "2"}))
+    cluster.pve.fail("PUT", "/nodes/{node}/qemu/{vmid}/config", 500, "injected failure", times=1)
+    tick(clock)  # the stop done, Set CPU & RAM failed: the VM waits at cp_stop, off
+    vm = db.session.get(VM, 101)
+    db.session.refresh(vm)
+    assert (vm.status, cluster.pve.vm(vm.vmid).status) == ("cp_stop", "stopped")
+    with pytest.raises(vm_service.VMActionError, match="not deployed"):
+        vm_service.reset(vm, "set_dns_records")
+    vm_service.reset(vm, "change_package")  # the way on: the change package again
+    tick(clock)
+    db.session.refresh(vm)
+    guest = cluster.pve.vm(vm.vmid)
+    assert (vm.status, guest.status, int(guest.config["cores"])) == ("ready", "running", 2)
