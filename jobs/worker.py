@@ -123,6 +123,8 @@ def run_step_job(service_id: int, source: str, max_wait: float | None = None) ->
         owner = f"step-{service_id}-{secrets.token_hex(4)}"  # two commands at once: one gets the lease
         if step is None:
             return {"result": "error", "message": f"no deploy step starts at {source}"}
+        if db.session.get(VM, service_id) is None:  # no row to lease either: say why, not "being worked on"
+            return {"result": "error", "message": _step_refused(None, source)}
         if not claim(service_id, owner, lease_seconds(None), out.clock):
             return {"result": "error", "message": "the VM is being worked on right now; try again shortly"}
         vm = db.session.get(VM, service_id)

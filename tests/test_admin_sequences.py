@@ -278,3 +278,10 @@ def test_a_vm_a_change_package_powered_off_is_not_reset_to_set_dns_records(app, 
     db.session.refresh(vm)
     guest = cluster.pve.vm(vm.vmid)
     assert (vm.status, guest.status, int(guest.config["cores"])) == ("ready", "running", 2)
+
+
+def test_a_one_step_command_for_a_service_with_no_vm_says_so(app, bridge, cluster, clock):
+    """It answered "the VM is being worked on right now" (no row to lease)."""
+    register_cluster(cluster)
+    assert bridge.call("VMSetCpuRam", account_params(cluster, 101)).get_json() == \
+        {"result": "error", "message": "this service has no VM"}
