@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, exists, insert, select, update
 
 from . import queue as work_queue
 from .extensions import db, insert_missing, upsert_statement
@@ -212,7 +212,7 @@ _STORED = select(
     _stored(_vms.c.status, _vms.c.service_id, "service_id").label("vm_status"),
     # Addresses a service holds with no VM row: those of a VM whose record was deleted while it failed to
     # terminate (it may still run on Proxmox).
-    select(func.count()).where(_ips.c.service_id == bindparam("service_id")).scalar_subquery().label("held"),
+    exists().where(_ips.c.service_id == bindparam("service_id")).label("held"),
 )
 _UPSERTS: dict[tuple, Any] = {}
 _INSERT_VM, _INSERT_LOG = insert(_vms), insert(_log)
@@ -262,7 +262,7 @@ def upsert_server(params: ServerParams) -> None:
 class Stored:
     product_settings: dict
     vm_status: str | None
-    held_addresses: int = 0
+    held_addresses: bool = False
 
 
 def store_account(params: AccountParams, connection=None) -> Stored:
@@ -302,7 +302,7 @@ def store_account(params: AccountParams, connection=None) -> Stored:
     if _changed(stored_server, server):
         _upsert(connection, _servers, server)
     _upsert(connection, _services, service)
-    return Stored(settings or {}, row.vm_status, row.held or 0)
+    return Stored(settings or {}, row.vm_status, bool(row.held))
 
 
 def upsert_account(params: AccountParams) -> Service:

@@ -472,10 +472,11 @@ def _status(ctx: StepContext) -> dict:
     return ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "status", "current") or {}
 
 
-def start_vm(ctx: StepContext, natural_wait: float | None = None, seen: str | None = None) -> StepResult:
-    """Start the VM (or poll the start an earlier pass sent); ``seen``: its power state, if just read."""
+def start_vm(ctx: StepContext, natural_wait: float | None = None, known_off: bool = False) -> StepResult:
+    """Start the VM (or poll the start an earlier pass sent); ``known_off``: the caller has just seen it is
+    not running."""
     vm = ctx.vm
-    if not ctx.tracked_task() and (seen or _status(ctx).get("status")) == "running":
+    if not ctx.tracked_task() and not known_off and _status(ctx).get("status") == "running":
         return Done("already running")
     pve = ctx.pve()
     try:
@@ -521,30 +522,27 @@ def _is_pending(item: dict) -> bool:
     return bool(item.get("delete")) or ("pending" in item and str(item["pending"]) != str(item.get("value", "")))
 
 
-def cloudinit_pending(ctx: StepContext) -> bool:
-    """Whether cloud-init settings wait for the next start: a running guest keeps its old addresses until
-    then, while the pool may already hand a released one to another VM. Proxmox writes cloud-init options
-    of a running VM into its config at once and lists what the drive does not have yet under /cloudinit
-    (PVE 7.2 and later); an older one keeps them in /pending."""
+def pending_changes(ctx: StepContext) -> list[str]:
+    """What a running VM takes only at its next power-on: the config keys Proxmox keeps pending (CPU, RAM,
+    disks and network that are not hot-plugged) and cloud-init settings its drive does not have yet. (A
+    running guest keeps its old addresses until then, while the pool may already hand a released one to
+    another VM.) Proxmox 7.2 and later write cloud-init options of a running VM into its config at once
+    and list what the drive lacks under /cloudinit; an older one keeps them in /pending."""
     path = ("nodes", ctx.vm.node, "qemu", ctx.vm.vmid)
+    keys = [str(item.get("key")) for item in ctx.pve().get(*path, "pending") or [] if _is_pending(item)]
+    if not any(CLOUDINIT_KEY.match(key) for key in keys) and _cloudinit_drive_behind(ctx, path):
+        keys.append("cloud-init")
+    return keys
+
+
+def _cloudinit_drive_behind(ctx: StepContext, path: tuple) -> bool:
     try:
-        items = ctx.pve().get(*path, "cloudinit") or []
+        drive = ctx.pve().get(*path, "cloudinit") or []
     except ProxmoxError as exc:
         if exc.status not in (400, 404, 501):  # only "no such call here" means an older Proxmox
             raise
-        items = ctx.pve().get(*path, "pending") or []
-    return any(CLOUDINIT_KEY.match(str(item.get("key", ""))) and _is_pending(item) for item in items)
-
-
-def pending_changes(ctx: StepContext) -> list[str]:
-    """What a running VM takes only at its next power-on: the config keys Proxmox keeps pending (CPU, RAM,
-    disks and network that are not hot-plugged) and cloud-init settings its drive does not have yet."""
-    vm = ctx.vm
-    keys = [str(item.get("key")) for item in ctx.pve().get("nodes", vm.node, "qemu", vm.vmid, "pending") or []
-            if _is_pending(item)]
-    if not any(CLOUDINIT_KEY.match(key) for key in keys) and cloudinit_pending(ctx):
-        keys.append("cloud-init")
-    return keys
+        return False  # an older Proxmox: its cloud-init changes are among the pending keys
+    return any(CLOUDINIT_KEY.match(str(item.get("key", ""))) and _is_pending(item) for item in drive)
 
 
 def start_step(ctx: StepContext) -> StepResult:
@@ -556,13 +554,12 @@ def start_step(ctx: StepContext) -> StepResult:
     if ctx.suspended():
         return Done("skip - service suspended")
     tracked = task_type(ctx.tracked_task())
+    note = "restarted to apply pending changes"
     if tracked == "qmstart":
         return start_vm(ctx)
-    seen = _status(ctx).get("status") if not tracked else None
-    if not tracked and seen != "running":
-        return start_vm(ctx, seen=seen or "unknown")
-    note = "restarted to apply pending changes"
-    if not tracked:
+    if not tracked:  # nothing under way: a fresh clone is off; a VM that runs is restarted for what is pending
+        if _status(ctx).get("status") != "running":
+            return start_vm(ctx, known_off=True)
         pending = pending_changes(ctx)
         if not pending:
             return Done("already running")

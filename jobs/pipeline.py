@@ -354,18 +354,6 @@ INTERRUPTED = ("the pass before did not finish (its worker was stopped or killed
                "what it committed stays, and the VM goes on from here")
 
 
-def _note_interrupted(service_id: int, status: str, clock: Clock, out: Output) -> None:
-    """A run in the VM's log for a pass that ended without a word (a worker killed mid-step), so the log
-    has no unexplained gap."""
-    pipeline = pipeline_for(status)
-    out.line(f"--- service={service_id}: {INTERRUPTED} ({status}) ---")
-    now = clock.now()
-    db.session.add(VMRun(service_id=service_id, action=pipeline.action if pipeline else "-", from_status=status,
-                         to_status=status, result="interrupted", error=INTERRUPTED, steps=[], started_at=now,
-                         finished_at=now))
-    db.session.commit()
-
-
 def _save_interrupted(vm: VM, pipeline: Pipeline, source: str, steps: list[dict], started: datetime, clock: Clock,
                       step: Step, exc: BaseException) -> None:
     """The run of a pass cut short in a step, with the steps it finished, as far as the database lets."""
@@ -395,8 +383,7 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
     if not claim(service_id, owner, lease, clock):
         result.result = "busy"
         return result
-    if before is not None and before.lease_owner not in (None, owner) and before.lease_until < clock.now():
-        _note_interrupted(service_id, before.status, clock, out)
+    interrupted = before is not None and before.lease_owner not in (None, owner) and before.lease_until < clock.now()
     claimed = [clock.monotonic()]
 
     def renew() -> None:
@@ -416,6 +403,10 @@ def _run_vm(service_id: int, out: Output, clock: Clock, max_wait: float | None, 
         vm = db.session.get(VM, service_id, options=[joinedload(VM.service).joinedload(Service.product),
                                                      joinedload(VM.server)])
         pipeline = pipeline_for(vm.status) if vm else None
+        if interrupted and pipeline is not None:  # a run in the VM's log, so that it has no unexplained gap
+            out.line(f"--- service={service_id}: {INTERRUPTED} ({vm.status}) ---")
+            _save_run(vm, pipeline, vm.status, "interrupted", INTERRUPTED, [], clock.now(), clock)
+            db.session.commit()
         # One pipeline may hand over to another (a redeploy ends at ``creation``, where the deploy starts).
         for _ in range(len(PIPELINES)):
             if pipeline is None:

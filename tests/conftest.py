@@ -412,3 +412,16 @@ def account_params(cluster: ServedCluster, service_id: int, server_id: int = 1, 
             "customfields": {"SSH Key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA ada@laptop"}}
     base.update(extra)
     return base
+
+
+def paused_deploy(bridge, cluster, clock, method: str, path: str, message: str, service_id: int = 5546):
+    """A CreateAccount whose deploy fails once at ``method path`` and waits at that step (its VM row)."""
+    from core.models import VM
+    from jobs.cron import run_tick
+    from jobs.pipeline import Output
+    bridge.call("CreateAccount", account_params(cluster, service_id))
+    cluster.pve.fail(method, path, 500, message, times=1)
+    run_tick(Output([].append, clock))
+    vm = _db.session.get(VM, service_id)
+    _db.session.refresh(vm)
+    return vm

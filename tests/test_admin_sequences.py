@@ -11,7 +11,7 @@ from core import ipam
 from core import vms as vm_service
 from core.extensions import db
 from core.models import VM
-from tests.conftest import account_params, register_cluster
+from tests.conftest import account_params, paused_deploy, register_cluster
 
 
 def tick(clock, n=1):
@@ -95,12 +95,9 @@ def test_a_terminated_vm_is_not_reset_to_a_pipeline_that_needs_it(app, bridge, c
 def _deploy_paused_before_configuration(bridge, cluster, clock):
     """A deploy that cloned the VM but failed its Set CPU & RAM (the VM waits at `migrated`, cloned, stopped)."""
     register_cluster(cluster, cpu_cores=2, ram_mb=2048)
-    bridge.call("CreateAccount", account_params(cluster, 101))
-    cluster.pve.fail("PUT", "/nodes/{node}/qemu/{vmid}/config", 500, "injected failure", times=1)
-    lines = tick(clock)
-    vm = db.session.get(VM, 101)
-    db.session.refresh(vm)
-    assert vm.status == "migrated" and cluster.pve.vm(vm.vmid).status == "stopped", "\n".join(lines)
+    vm = paused_deploy(bridge, cluster, clock, "PUT", "/nodes/{node}/qemu/{vmid}/config", "injected failure",
+                       service_id=101)
+    assert vm.status == "migrated" and cluster.pve.vm(vm.vmid).status == "stopped"
     return vm
 
 

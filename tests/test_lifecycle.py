@@ -15,7 +15,7 @@ from core.products import PackageError, resolve_package
 from core.vault import unseal
 from jobs.cron import run_tick
 from jobs.pipeline import Output, run_vm
-from tests.conftest import account_params, hold_tasks, register_cluster
+from tests.conftest import account_params, hold_tasks, paused_deploy, register_cluster
 from tests.dnspeers import powerdns  # noqa: F401 - fixture
 
 PRODUCT = dict(cpu_cores=2, ram_mb=2048, system_disk_gb=20, additional_disk_storage="local-lvm", additional_disk_gb=15,
@@ -927,16 +927,6 @@ def test_terminating_an_active_service_with_no_vm_here_is_an_error(app, bridge, 
 
 
 # ----------------------------------------------------------------------------- calls crossing pipelines
-
-def paused_deploy(bridge, cluster, clock, method: str, path: str, message: str) -> VM:
-    """A CreateAccount whose deploy fails once at ``method path`` and waits at that step."""
-    bridge.call("CreateAccount", account_params(cluster, 5546))
-    cluster.pve.fail(method, path, 500, message, times=1)
-    tick(clock)
-    vm = db.session.get(VM, 5546)
-    db.session.refresh(vm)
-    return vm
-
 
 def test_a_service_suspended_while_its_vm_is_in_a_pipeline_stays_off(app, bridge, cluster, clock):
     """Found by a stateful fuzz of WHMCS calls: a deploy (or a reinstall's) started the VM of a service
