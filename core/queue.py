@@ -154,7 +154,8 @@ def start_tick() -> str:
     try:
         if _job_active(job_id, queue):
             return "already queued"  # waiting or running: a second tick would find nothing more to do
-        queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600)
+        # Ahead of the VM jobs: a tick is short, and behind a backlog of them it would come late.
+        queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600, at_front=True)
     except RedisError as exc:
         raise QueueUnavailable(f"Redis does not answer ({exc})") from exc
     return "queued"
@@ -185,8 +186,10 @@ def run_and_wait(func: str, *args, timeout: float, job_timeout: float | None = N
         return getattr(importlib.import_module(module), name)(*args)
     from redis.exceptions import TimeoutError as RedisTimeout
     from rq.job import JobStatus
+    # At the front of the queue: someone waits for it, and behind a backlog of VM jobs (a batch of orders
+    # deploying) the next free worker would not reach it in time.
     job = queue.enqueue(func, *args, job_timeout=int(job_timeout or timeout + 30), result_ttl=600,
-                        failure_ttl=86400)
+                        failure_ttl=86400, at_front=True)
     try:
         result = job.latest_result(timeout=int(timeout))
     except RedisTimeout:
@@ -196,7 +199,7 @@ def run_and_wait(func: str, *args, timeout: float, job_timeout: float | None = N
         if job.get_status(refresh=True) == JobStatus.QUEUED and queue.remove(job.id):
             job.delete()
             raise JobFailed(f"no worker took it within {int(timeout)}s, so it was not run (is an rq worker "
-                            "running?)")
+                            "running, or were all of them busy?)")
         result = job.latest_result()
     if result is None:
         raise JobFailed(f"still running on a worker after {int(timeout)}s: it goes on there; its outcome "

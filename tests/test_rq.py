@@ -265,6 +265,25 @@ def test_a_step_command_runs_on_a_worker_and_answers_the_request(rq_app, redis_c
     assert int(guest.pending.get("memory", guest.config["memory"])) == 1024
 
 
+def test_a_step_command_goes_ahead_of_a_backlog_of_vm_jobs(rq_app, redis_conn, cluster, clock, monkeypatch):
+    """A batch of orders deploying keeps the workers busy: an admin's or client's command (someone waits for
+    its answer) is the next job a worker takes, not the one after the backlog."""
+    from bridge import views
+    from core.queue import VM_JOB, vm_job_id
+    app, queue = rq_app
+    bridge, vm = _ready_vm_with_less_memory(app, queue, redis_conn, cluster, 507)
+    for service_id in range(600, 605):  # VM jobs queued before the command
+        queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id))
+    monkeypatch.setattr(views, "STEP_COMMAND_WAIT", 5)
+    worker = _one_job_worker_thread(queue, redis_conn)  # takes one job, then stops
+    answer = bridge.call("VMSetCpuRam", account_params(cluster, 507)).get_json()
+    worker.join(30)
+    assert answer == {"result": "success"}, answer
+    guest = cluster.pve.vm(vm.vmid)
+    assert int(guest.pending.get("memory", guest.config["memory"])) == 1024
+    assert queue.job_ids == [vm_job_id(service_id) for service_id in range(600, 605)]  # still waiting
+
+
 @pytest.mark.time_scale(0.001)
 def test_a_step_command_still_running_when_the_wait_ends_is_answered_and_finishes_on_its_worker(
         rq_app, redis_conn, cluster, clock, monkeypatch):
@@ -294,6 +313,12 @@ def test_the_whmcs_cron_hook_queues_one_tick_job(rq_app, redis_conn):
     assert bridge.call("AfterCronJob", {}).get_json() == {"result": "success", "tick": "queued"}
     assert bridge.call("AfterCronJob", {}).get_json() == {"result": "success", "tick": "already queued"}
     assert queue.job_ids == [f"{queue.name}-tick"]
+    work(queue, redis_conn)
+    # Behind a backlog of VM jobs, the tick is queued ahead of them.
+    from core.queue import VM_JOB, vm_job_id
+    queue.enqueue(VM_JOB, 601, job_id=vm_job_id(601))
+    assert bridge.call("AfterCronJob", {}).get_json()["tick"] == "queued"
+    assert queue.job_ids == [f"{queue.name}-tick", vm_job_id(601)]
     work(queue, redis_conn)
     assert db.session.get(CronTask, "processVirtualMachines").last_run_at is not None
     settings.update({"cron_mode": "standalone"})
