@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 
 from flask import Flask
 from rq.worker import SimpleWorker as RQSimpleWorker
@@ -42,10 +43,19 @@ class _RegistersAgain:
             log.warning("worker %s registered again: Redis had lost its registration", self.name)
 
 
+def _end_passes(signum, frame) -> None:
+    from .pipeline import stopping
+    stopping.set()
+
+
 class PreloadedWorker(_RegistersAgain, Worker):
     """``rq worker -w jobs.worker.PreloadedWorker``: the app is built once, before the worker forks, so a
     job's work horse starts with it ready (the plain worker would build it again in every horse, about a
-    second of CPU per job). Each horse drops the database connections it inherited."""
+    second of CPU per job). Each horse drops the database connections it inherited.
+
+    Told to stop, the worker passes it on to its work horse (SIGTERM), whose pass then ends before its next
+    step, as SimpleWorker's does; a horse that gets SIGTERM straight from a service manager (which signals
+    every process of the unit) does the same rather than die mid-step."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -57,6 +67,15 @@ class PreloadedWorker(_RegistersAgain, Worker):
             db.engine.dispose(close=False)  # the parent's pooled connections are not this process's
         return super().main_work_horse(*args, **kwargs)
 
+    def setup_work_horse_signals(self):
+        super().setup_work_horse_signals()
+        signal.signal(signal.SIGTERM, _end_passes)
+
+    def handle_warm_shutdown_request(self):
+        super().handle_warm_shutdown_request()
+        if self.horse_pid:
+            self.kill_horse(signal.SIGTERM)  # not a kill: the horse ends its pass at its next step
+
 
 class SimpleWorker(_RegistersAgain, RQSimpleWorker):
     """``rq worker -w jobs.worker.SimpleWorker``: RQ's SimpleWorker (jobs run in the worker's own process),
@@ -64,8 +83,7 @@ class SimpleWorker(_RegistersAgain, RQSimpleWorker):
     deploy through to its end; the VM's follow-up job (or the next tick) goes on from there."""
 
     def request_stop(self, signum, frame):
-        from .pipeline import stopping
-        stopping.set()
+        _end_passes(signum, frame)
         super().request_stop(signum, frame)
 
 

@@ -362,6 +362,66 @@ def test_the_preloaded_worker_process_deploys_a_vm(tmp_path, redis_conn, cluster
         drop_queue(queue)
 
 
+@pytest.mark.time_scale(0.05)
+def test_a_stopping_preloaded_worker_ends_its_horses_pass_at_the_next_step(tmp_path, redis_conn, cluster):
+    """Told to stop (SIGTERM), the forking worker passes it on to its work horse, whose pass ends before its
+    next step (as SimpleWorker's does) rather than carry the deploy through to its end; the VM goes on from
+    the status it reached. The horse does not die of it mid-step either."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
+    db_path = tmp_path / "stop.sqlite3"
+    # One pass does the whole deploy (a long wait budget), its migration alone taking 1.5 s.
+    app = make_app(tmp_path, f"sqlite:///{db_path}", REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name,
+                   JOB_MAX_WAIT=60, JOB_REQUEUE_SECONDS=1)
+    queue = Queue(queue_name, connection=redis_conn)
+    worker = None
+    try:
+        with app.app_context():
+            register_cluster(cluster)
+            assert Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 530)).get_json()[
+                "queued"] is True
+            db.session.remove()
+        env = dict(os.environ, DATABASE_URL=f"sqlite:///{db_path}", REDIS_URL=REDIS_URL,
+                   PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_RQ_QUEUE=queue_name,
+                   PKVM_TICKER_SECONDS="0", PKVM_JOB_MAX_WAIT="60")
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", queue_name,
+                                   "-w", "jobs.worker.PreloadedWorker", "--url", REDIS_URL],
+                                  cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        with app.app_context():
+            while db.session.scalar(select(VM.status).where(VM.service_id == 530)) != "clone":
+                assert time.monotonic() < deadline and worker.poll() is None, "the deploy never got to its clone"
+                db.session.remove()
+                time.sleep(0.02)
+            db.session.remove()
+        os.kill(worker.pid, signal.SIGTERM)  # the worker alone, as `kill` or a service manager's stop sends it
+        output, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0, output[-3000:]
+        assert "paused: waiting at [migrated]" in output or "paused: waiting at [clone]" in output, output[-3000:]
+        assert "Verify running" not in output, output[-3000:]
+        with app.app_context():
+            vm = db.session.get(VM, 530)
+            assert vm.status in ("clone", "migrated") and vm.lease_owner is None
+            run = db.session.scalars(select(VMRun).where(VMRun.service_id == 530)).one()
+            assert run.result == "waiting"
+            db.session.remove()
+        with app.app_context():  # the VM's next job (or the next tick) goes on from there
+            assert run_vm(530, Output(lambda line: None), max_wait=60).result == "success"
+            assert db.session.get(VM, 530).status == "ready"
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        drop_queue(queue)
+
+
 def test_a_vm_whose_worker_died_mid_job_is_queued_again(tmp_path, redis_conn, cluster, monkeypatch):
     """Found in review: a worker killed outright (OOM, a lost machine) leaves its job "started" in Redis, and
     the tick took that for a job still running: the VM waited for RQ's own cleanup (after RQ's heartbeat,
