@@ -325,28 +325,35 @@ def test_the_whmcs_cron_hook_queues_one_tick_job(rq_app, redis_conn):
     assert bridge.call("AfterCronJob", {}).get_json()["tick"] == "skipped" and queue.job_ids == []
 
 
+def _ordered_in_a_worker_database(tmp_path, redis_conn, cluster, service_id: int, max_wait: float = 0.2):
+    """A CreateAccount recorded in a database file that a worker process started by the test can open too:
+    (app, queue, the worker's environment)."""
+    import os
+    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
+    db_url = f"sqlite:///{tmp_path / 'worker.sqlite3'}"
+    app = make_app(tmp_path, db_url, REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name, JOB_MAX_WAIT=max_wait,
+                   JOB_REQUEUE_SECONDS=1)
+    queue = Queue(queue_name, connection=redis_conn)
+    with app.app_context():
+        register_cluster(cluster)
+        assert Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, service_id)).get_json()[
+            "queued"] is True
+        db.session.remove()
+    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=REDIS_URL, PKVM_INSTANCE_PATH=str(tmp_path / "instance"),
+               PKVM_RQ_QUEUE=queue_name, PKVM_TICKER_SECONDS="0", PKVM_JOB_MAX_WAIT=str(max_wait))
+    return app, queue, env
+
+
 def test_the_preloaded_worker_process_deploys_a_vm(tmp_path, redis_conn, cluster, monkeypatch):
     """The real command line: ``rq worker -w jobs.worker.PreloadedWorker --burst`` in its own process,
     forking a work horse per job, with the app built once before the fork."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
-    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
-    db_path = tmp_path / "worker.sqlite3"
-    app = make_app(tmp_path, f"sqlite:///{db_path}", REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name,
-                   JOB_MAX_WAIT=0.2, JOB_REQUEUE_SECONDS=1)
-    queue = Queue(queue_name, connection=redis_conn)
+    app, queue, env = _ordered_in_a_worker_database(tmp_path, redis_conn, cluster, 510)
     try:
-        with app.app_context():
-            register_cluster(cluster)
-            assert Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 510)).get_json()[
-                "queued"] is True
-        env = dict(os.environ, DATABASE_URL=f"sqlite:///{db_path}", REDIS_URL=REDIS_URL,
-                   PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_RQ_QUEUE=queue_name,
-                   PKVM_TICKER_SECONDS="0")
         rq = Path(sys.executable).with_name("rq")
-        done = subprocess.run([str(rq), "worker", queue_name, "--burst", "-w", "jobs.worker.PreloadedWorker",
+        done = subprocess.run([str(rq), "worker", queue.name, "--burst", "-w", "jobs.worker.PreloadedWorker",
                                "--url", REDIS_URL], cwd=Path(__file__).resolve().parent.parent, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -372,23 +379,11 @@ def test_a_stopping_preloaded_worker_ends_its_horses_pass_at_the_next_step(tmp_p
     import subprocess
     import sys
     from pathlib import Path
-    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
-    db_path = tmp_path / "stop.sqlite3"
     # One pass does the whole deploy (a long wait budget), its migration alone taking 1.5 s.
-    app = make_app(tmp_path, f"sqlite:///{db_path}", REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name,
-                   JOB_MAX_WAIT=60, JOB_REQUEUE_SECONDS=1)
-    queue = Queue(queue_name, connection=redis_conn)
+    app, queue, env = _ordered_in_a_worker_database(tmp_path, redis_conn, cluster, 530, max_wait=60)
     worker = None
     try:
-        with app.app_context():
-            register_cluster(cluster)
-            assert Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 530)).get_json()[
-                "queued"] is True
-            db.session.remove()
-        env = dict(os.environ, DATABASE_URL=f"sqlite:///{db_path}", REDIS_URL=REDIS_URL,
-                   PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_RQ_QUEUE=queue_name,
-                   PKVM_TICKER_SECONDS="0", PKVM_JOB_MAX_WAIT="60")
-        worker = subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", queue_name,
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", queue.name,
                                    "-w", "jobs.worker.PreloadedWorker", "--url", REDIS_URL],
                                   cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -436,25 +431,13 @@ def test_a_vm_whose_worker_died_mid_job_is_queued_again(tmp_path, redis_conn, cl
     from datetime import timedelta
 
     from rq.job import Job
-    queue_name = f"pkvm-test-{secrets.token_hex(4)}"
-    db_path = tmp_path / "dead.sqlite3"
-    app = make_app(tmp_path, f"sqlite:///{db_path}", REDIS_URL=REDIS_URL, RQ_QUEUE=queue_name,
-                   JOB_MAX_WAIT=0.2, JOB_REQUEUE_SECONDS=1)
+    app, queue, env = _ordered_in_a_worker_database(tmp_path, redis_conn, cluster, 520)
     monkeypatch.setattr(jobs.worker, "_app", app)
-    queue = Queue(queue_name, connection=redis_conn)
-    job_id = f"{queue_name}-vm-520"
+    job_id = f"{queue.name}-vm-520"
     worker = None
     try:
-        with app.app_context():
-            register_cluster(cluster)
-            assert Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 520)).get_json()[
-                "queued"] is True
-            db.session.remove()
         cluster.pve.network.update(hang_rate=1.0, hang_secs=4)  # every Proxmox request hangs: the job is mid-step
-        env = dict(os.environ, DATABASE_URL=f"sqlite:///{db_path}", REDIS_URL=REDIS_URL,
-                   PKVM_INSTANCE_PATH=str(tmp_path / "instance"), PKVM_RQ_QUEUE=queue_name,
-                   PKVM_TICKER_SECONDS="0")
-        worker = subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", queue_name, "--burst",
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", queue.name, "--burst",
                                    "-w", "jobs.worker.PreloadedWorker", "--url", REDIS_URL],
                                   cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
