@@ -452,22 +452,20 @@ def _power(vm: VM, action: str) -> None:
     from .proxmox.client import ProxmoxError
     from .proxmox.cluster import is_ours, vm_location
     pve = _pve(vm.server)
-    try:
-        pve.post("nodes", vm.node, "qemu", vm.vmid, "status", action)
-    except ProxmoxError as exc:
-        # Moved to another node since (Proxmox HA, an admin's migration): found there, and asked there.
-        try:
-            found = vm_location(pve, vm.vmid) if "does not exist" in exc.message else None
-        except ProxmoxError:
-            found = None  # the refusal is what the admin reads
-        if not (found and found.get("node") != vm.node and is_ours(found, vm.name, vm.vmid)):
-            raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {exc.message}") from None
-        vm.node = found["node"]
-        db.session.commit()
+    for attempt in (1, 2):
         try:
             pve.post("nodes", vm.node, "qemu", vm.vmid, "status", action)
-        except ProxmoxError as again:
-            raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {again.message}") from None
+            return
+        except ProxmoxError as exc:
+            # Moved to another node since (Proxmox HA, an admin's migration): found there, and asked there.
+            try:
+                found = vm_location(pve, vm.vmid) if attempt == 1 and "does not exist" in exc.message else None
+            except ProxmoxError:
+                found = None  # the refusal is what the admin reads
+            if not (found and found.get("node") != vm.node and is_ours(found, vm.name, vm.vmid)):
+                raise AccountError(f"Proxmox refused to {action} VM {vm.vmid}: {exc.message}") from None
+            vm.node = found["node"]
+            db.session.commit()
 
 
 def _queue(vm: VM, status: str, allowed_from: tuple[str, ...] = ("ready",)) -> None:
