@@ -45,11 +45,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(app)
+    options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+    # A database error's message leaves the statement's parameters out: they would carry customers' data
+    # into the logs (and into RQ's stored tracebacks).
+    options.setdefault("hide_parameters", True)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # Many threads and processes write at once: wait for the lock instead of failing.
-        options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
         options.setdefault("connect_args", {"timeout": 60, "check_same_thread": False})
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     for key, name in (("SECRET_KEY", "secret_key"), ("DATA_KEY", "data_key"), ("BRIDGE_SECRET", "bridge_secret")):
         if not app.config.get(key):
             app.config[key] = instance_secret(app.instance_path, name)

@@ -19,6 +19,7 @@ from core.models import Server
 from core.proxmox.client import Pve, endpoint_for
 from core.proxmox.cluster import check_connection
 from core.settings import get as setting
+from core.text import unstorable
 
 from . import bp
 from .signing import SignatureError, record_nonce, verify
@@ -110,6 +111,9 @@ def module_call(function: str):
     if not isinstance(payload, dict):
         return _refuse(400, {"result": "error", "message": "malformed payload",
                              "errors": {"body": "must be a JSON object with the WHMCS module parameters"}})
+    bad = unstorable(payload)
+    if bad:
+        return _refuse(400, {"result": "error", "message": "malformed payload", "errors": bad})
     for attempt in range(TRANSIENT_RETRIES):
         try:
             body, status = handler(payload)

@@ -283,7 +283,7 @@ def store_account(params: AccountParams, connection=None) -> Stored:
     service = dict(id=params.service_id, client_id=params.client_id, product_id=params.product_id,
                    server_id=params.server.id, domain=params.domain, username=params.username,
                    password=_keep_sealed(row.service_password, params.password), status=params.status,
-                   configoptions=params.configoptions, customfields=params.customfields)
+                   configoptions=params.configoptions, customfields=sealed_fields(params.customfields))
 
     if _changed(row if row.client_id is not None else None, client):
         _upsert(connection, _clients, client)
@@ -381,17 +381,23 @@ def create_account(params: AccountParams, connection) -> tuple[str, bool]:
     return "creation", True
 
 
-def _secret_key(key: Any) -> bool:
+def secret_name(key: Any) -> bool:
     """A key whose value is a secret: a known one, or any naming a password or a secret (a custom field
     "Root Password", say), as the shim masks them."""
     name = str(key).lower()
     return name in SECRET_KEYS or "password" in name or "secret" in name
 
 
+def sealed_fields(fields: dict) -> dict:
+    """Custom fields as stored: a value named like a secret (a "Root Password" field) encrypted, as the module
+    log masks it; the others (the SSH key the deploy reads) as they are."""
+    return {k: (seal(str(v)) if secret_name(k) and v not in (None, "") else v) for k, v in fields.items()}
+
+
 def mask(payload: Any) -> Any:
     """A copy of a payload with every secret replaced, for the module log."""
     if isinstance(payload, dict):
-        return {k: ("********" if _secret_key(k) and v else mask(v)) for k, v in payload.items()}
+        return {k: ("********" if secret_name(k) and v else mask(v)) for k, v in payload.items()}
     if isinstance(payload, list):
         return [mask(v) for v in payload]
     return payload

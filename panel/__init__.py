@@ -40,6 +40,24 @@ def require_login():
     return redirect(url_for("panel.login", next=request.full_path if request.query_string else request.path))
 
 
+@bp.before_request
+def refuse_unstorable_text():
+    """A form value no database column can hold (a NUL character, which no one types but a crafted post
+    carries) is refused before any view stores it: 400, nothing changed."""
+    from flask import render_template
+
+    from core.text import unstorable
+    if request.method == "GET" or not request.form:
+        return None
+    bad = unstorable({key: request.form.getlist(key) for key in request.form})
+    if not bad:
+        return None
+    if wants_json():
+        return jsonify(error="text that cannot be stored", errors=bad), 400
+    return render_template("error.html", code=400, message=_(
+        "What was sent holds a character that cannot be stored (a NUL): nothing was changed.")), 400
+
+
 # Where each section starts, in the navigation's order.
 SECTION_HOME = {"dashboard": "panel.dashboard", "ip_pools": "panel.pools", "dns_zones": "panel.dns_zones",
                 "vms": "panel.vms", "products": "panel.products", "settings": "panel.settings_general"}

@@ -19,6 +19,7 @@ from core import vms as vm_service
 from core.extensions import db
 from core.models import VM, DnsZone, IPPool, Product, Server
 from core.products import ProductSettings, ProductSettingsError, validate as validate_product
+from core.text import unstorable
 
 from .openapi import SPEC
 
@@ -93,6 +94,9 @@ def body() -> dict:
         data = None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", {"body": "must be a JSON object"})
+    bad = unstorable(data)
+    if bad:
+        raise ApiError(400, "text that cannot be stored", bad)
     return data
 
 

@@ -217,6 +217,18 @@ def test_dns_zone_fields_must_be_strings(client, token):
     assert answer.status_code == 400 and set(answer.get_json()["errors"]) == {"name", "account_id"}
 
 
+def test_text_no_database_can_store_is_a_field_error(client, token):
+    """Found in an audit: half of a surrogate pair in a DNS zone's API key failed its encryption (a 500), and
+    in a setting it was a database error on MariaDB."""
+    answer = client.post("/api/v1/dns-zones", headers=auth(token), json={
+        "name": "example.com", "provider": "cloudflare", "zone_id": "z", "api_key": "k\ud800k"})
+    assert answer.status_code == 400
+    assert answer.get_json()["errors"] == {"api_key": "must be valid text (it holds half of a UTF-16 surrogate pair)"}
+    answer = client.put("/api/v1/settings", headers=auth(token), json={"whmcs_api_identifier": "a\x00b"})
+    assert answer.status_code == 400
+    assert answer.get_json()["errors"] == {"whmcs_api_identifier": "must not contain a NUL character"}
+
+
 def test_out_of_range_mask_on_update_is_a_field_error(client, token):
     """Found by schemathesis: a huge mask on an existing pool once reached ipaddress and gave a 500."""
     seed_fleet(1)

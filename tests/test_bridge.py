@@ -53,6 +53,10 @@ def test_create_account_records_vm_and_returns_success(bridge):
     log = db.session.scalars(select(ModuleLog)).one()
     assert "token-secret-value" not in log.request and "S3cret-pass" not in log.request
     assert "cf-root-pw" not in log.request and "ssh-ed25519 AAAA" in log.request
+    # and encrypted at rest, as the service password is (found in an audit: stored as sent)
+    fields = service.customfields
+    assert fields["Root Password"].startswith("enc:v1:") and unseal(fields["Root Password"]) == "cf-root-pw"
+    assert fields["SSH Key"] == "ssh-ed25519 AAAA"
 
 
 def test_create_account_twice_does_not_start_a_second_vm(bridge):
@@ -128,6 +132,34 @@ def test_malformed_params_are_400_field_by_field_and_write_nothing(bridge):
     assert set(errors) >= {"serviceid", "pid", "serverusername", "serverpassword", "configoptions"}
     assert "user@realm!tokenid" in errors["serverusername"]
     assert counts() == before
+
+
+def test_text_no_database_can_store_is_400_field_by_field_on_every_backend(any_db_app):
+    """Found in an audit: a NUL (which the shim sends as \\u0000 for a NUL byte in any WHMCS string) or half
+    of a surrogate pair passed validation and failed in the database: a 500 (a NUL only on PostgreSQL).
+    Refused field by field now, nested maps too, nothing written, and not replayable."""
+    from conftest import Bridge, FreshContextClient
+    any_db_app.test_client_class = FreshContextClient
+    client = any_db_app.test_client()
+    bridge = Bridge(any_db_app, client)
+    configure_product()
+    before = counts()
+    bad = params(domain="vps\x00.example.com", clientsdetails={"firstname": "Ada\ud800", "email": "c@example.com"},
+                 customfields={"Note\x00": "x"})
+    body = json.dumps(bad).encode()
+    assert b"\\u0000" in body and b"\\ud800" in body  # as JSON carries them
+    headers = signed_headers(any_db_app.config["BRIDGE_SECRET"], "POST", "/bridge/v1/module/CreateAccount", body)
+    answer = client.post("/bridge/v1/module/CreateAccount", data=body, headers=headers)
+    assert answer.status_code == 400, answer.get_data(as_text=True)
+    assert answer.get_json()["errors"] == {
+        "domain": "must not contain a NUL character",
+        "clientsdetails.firstname": "must be valid text (it holds half of a UTF-16 surrogate pair)",
+        "customfields.Note\\x00": "the name must not contain a NUL character"}
+    assert counts() == before
+    again = client.post("/bridge/v1/module/CreateAccount", data=body, headers=headers)
+    assert again.status_code == 401
+    # an emoji (a whole surrogate pair, as PHP's json_encode escapes it) is text like any other
+    assert bridge.call("CreateAccount", params(clientsdetails={"firstname": "Ada \U0001F600"})).status_code == 200
 
 
 def test_non_object_body_is_400(bridge):
@@ -414,3 +446,17 @@ def test_a_production_app_puts_its_start_up_objects_out_of_the_collectors_way(tm
         assert gc.get_freeze_count() > 10000
     finally:
         gc.unfreeze()
+
+
+def test_a_database_errors_message_carries_no_parameters(app):
+    """Found in an audit: the message of a database error, which the bridge logs, quoted the statement's
+    parameters, a service's custom fields and passwords among them."""
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+    db.session.add(Client(id=1, firstname="first"))
+    db.session.commit()
+    db.session.add(Client(id=1, firstname="Customer-Data-Here"))
+    with pytest.raises(IntegrityError) as failed:
+        db.session.commit()
+    db.session.rollback()
+    assert "Customer-Data-Here" not in str(failed.value) and "parameters hidden" in str(failed.value)

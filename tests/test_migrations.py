@@ -84,3 +84,31 @@ def test_datetimes_keep_their_microseconds_on_every_backend(tmp_path, kind):
         db.session.remove()
         downgrade(revision="0005")
         upgrade()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
+def test_custom_fields_named_like_a_secret_are_sealed_by_the_upgrade(tmp_path, kind):
+    """Found in an audit: a "Root Password" custom field was stored as WHMCS sent it. New calls store it
+    encrypted; migration 0007 encrypts what the services table holds already (once: a sealed value stays)."""
+    from sqlalchemy import text
+
+    from core.models import Service
+    from core.vault import unseal
+    from tests.conftest import one_vm
+    with migrated(tmp_path, kind):
+        downgrade(revision="0006")
+        one_vm("ready")
+        db.session.execute(text("UPDATE services SET customfields = :fields WHERE id = 7"),
+                           {"fields": '{"Root Password": "cf-root-pw", "SSH Key": "ssh-ed25519 AAAA", "Note": ""}'})
+        db.session.commit()
+        db.session.remove()
+        upgrade()
+        fields = db.session.get(Service, 7).customfields
+        assert fields["Root Password"].startswith("enc:v1:") and unseal(fields["Root Password"]) == "cf-root-pw"
+        assert fields["SSH Key"] == "ssh-ed25519 AAAA" and fields["Note"] == ""
+        sealed = fields["Root Password"]
+        db.session.remove()
+        downgrade(revision="0006")
+        upgrade()
+        assert db.session.get(Service, 7).customfields["Root Password"] == sealed
+        db.session.remove()

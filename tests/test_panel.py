@@ -270,6 +270,10 @@ def test_vm_reset_redeploy_log_record_and_delete(logged_in):
     long = logged_in.post("/vms/5546/record", data={"csrf_token": token, "name": "n" * 256, "mac": "m" * 33})
     assert long.status_code == 400 and "At most 255 characters." in long.get_data(as_text=True)
     assert "At most 32 characters." in long.get_data(as_text=True)
+    # found in an audit: a NUL, which no column of PostgreSQL takes, was a database error there (a 500)
+    nul = logged_in.post("/vms/5546/record", data={"csrf_token": token, "name": "a\x00b"})
+    assert nul.status_code == 400 and "cannot be stored (a NUL)" in nul.get_data(as_text=True)
+    assert db.session.get(VM, 5546).name == "5546-1776530141"
     # found in review: a VMID another VM has was a 500, and any status was taken (the VM then stalled)
     seed_taken = db.session.get(VM, 5547).vmid
     taken = logged_in.post("/vms/5546/record", data={"csrf_token": token, "vmid": str(seed_taken)})
