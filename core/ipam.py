@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 
 from .extensions import db
 from .models import IPAddress, IPPool, Server, utcnow
@@ -290,8 +291,10 @@ def _claim_legacy(server: Server, family: int, service_id: int, position: int) -
 
 
 def assigned(service_id: int) -> list[IPAddress]:
-    """The service's addresses, IPv4 first, each family in the order they were given."""
+    """The service's addresses, IPv4 first, each family in the order they were given; with their pools
+    (the steps read the main address's gateway, mask and DNS servers)."""
     return list(db.session.scalars(select(IPAddress).where(IPAddress.service_id == service_id)
+                                   .options(joinedload(IPAddress.pool))
                                    .order_by(IPAddress.family, IPAddress.position, IPAddress.key)))
 
 

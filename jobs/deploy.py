@@ -134,8 +134,7 @@ def allocate_ip(ctx: StepContext) -> StepResult:
     rev = dict(ctx.vm.rev_dns or {})
     for address in got:
         rev.setdefault(address.address, fqdn)
-    ctx.vm.rev_dns = rev
-    ctx.commit()
+    ctx.vm.rev_dns = rev  # committed with the step (the addresses are the service's already)
     return Done(", ".join(a.address for a in got))
 
 
@@ -354,9 +353,8 @@ def _random_mac() -> str:
 def network_values(ctx: StepContext, config: dict) -> str:
     vm, pkg = ctx.vm, ctx.package
     mac = vm.mac or disks.nic_mac(config.get("net0")) or _random_mac()
-    if vm.mac != mac:
+    if vm.mac != mac:  # committed with the step: one that fails takes the VM's own (or a new one) again
         vm.mac = mac
-        ctx.commit()
     bridge, vlan = pkg.network_bridge, pkg.network_vlan
     pool = ctx.pool_of_main_address(4) or ctx.pool_of_main_address(6)
     if pkg.auto_bridge_vlan and pool is not None and not pkg.dhcp:
