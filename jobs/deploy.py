@@ -51,12 +51,12 @@ def vm_fqdn(ctx: StepContext) -> str:
     return f"{ctx.vm.name}.{domain}" if domain else ""
 
 
-def _resize(ctx: StepContext, key: str | None, size_gb: int, what: str) -> StepResult:
+def _resize(ctx: StepContext, config: dict, key: str | None, size_gb: int, what: str) -> StepResult:
+    """The disk ``key`` of the VM (``config``: its config as this step read it) grown to ``size_gb``."""
     if key is None:
         raise StepFailed(f"the VM has no {what} to resize")
     if size_gb <= 0:
         return Done("skip - no size set")
-    config = _config(ctx)
     current, wanted = disks.disk_size(config, key), size_gb * 1024 ** 3
     if current == wanted:
         return Done("skip - no change")
@@ -68,25 +68,22 @@ def _resize(ctx: StepContext, key: str | None, size_gb: int, what: str) -> StepR
                           settings.get("api_heavy_timeout"), "disk resize")
 
 
-def _set_throttles(ctx: StepContext, key: str | None, prefix: str, clear: bool = False) -> StepResult:
-    """Limits on a disk as the package says. In a deploy all-zero limits make no API call at all; in a
-    change package (clear) limits the package no longer has are removed."""
+def _set_throttles(ctx: StepContext, config: dict, key: str | None, prefix: str, clear: bool = False) -> StepResult:
+    """Limits on a disk as the package says (``config``: the VM's config as this step read it; in a deploy,
+    the callers read none when all limits are 0: no API call at all). In a change package (clear) limits the
+    package no longer has are removed."""
     pkg = ctx.package
     wanted = {name: getattr(pkg, f"{prefix}_{name}") for name in disks.THROTTLES}
     if not any(wanted.values()) and not clear:
         return Done("skip - no limits set")
     if key is None:
         raise StepFailed("the VM has no such disk to limit")
-    value = _config(ctx).get(key, "")
+    value = config.get(key, "")
     new = disks.with_throttles(value, wanted)
     if new == value:
         return Done("skip - no change")
     _put_config(ctx, **{key: new})
     return Done()
-
-
-def _system_disk(ctx: StepContext) -> str | None:
-    return disks.system_disk(_config(ctx))
 
 
 def _storage_of(config: dict, key: str) -> str:
@@ -259,14 +256,15 @@ def migrate(ctx: StepContext) -> StepResult:
         return Done("skip - migration disabled")
     pve = ctx.pve()
     if not ctx.tracked_task():
-        found = vm_location(pve, vm.vmid)
+        resources = pve.get("cluster", "resources") or []  # where the VM is, and the nodes it may go to
+        found = vm_location(pve, vm.vmid, resources)
         if found is None:
             raise StepFailed(f"VM {vm.vmid} is not on the cluster")
         vm.node = found["node"]
         if found.get("lock") == "migrate":  # started by an earlier pass whose answer was lost
             ctx.commit()
             return Wait("migration in progress")
-        choice = choose_target_node(pve, pkg.system_disk_storage, pkg.target_node)
+        choice = choose_target_node(resources, pkg.system_disk_storage, pkg.target_node)
         if choice.node is None:
             ctx.commit()
             return Done(f"skip - {choice.reason}, staying on {vm.node}")
@@ -310,14 +308,16 @@ def set_cpu_ram(ctx: StepContext) -> StepResult:
 
 
 def resize_system_disk(ctx: StepContext) -> StepResult:
-    return _resize(ctx, _system_disk(ctx), ctx.package.system_disk_gb, "system disk")
+    config = _config(ctx)
+    return _resize(ctx, config, disks.system_disk(config), ctx.package.system_disk_gb, "system disk")
 
 
 def set_system_disk_io(ctx: StepContext) -> StepResult:
     pkg = ctx.package
     if not any(getattr(pkg, f"system_disk_{n}") for n in disks.THROTTLES):
         return Done("skip - no limits set")
-    return _set_throttles(ctx, _system_disk(ctx), "system_disk")
+    config = _config(ctx)
+    return _set_throttles(ctx, config, disks.system_disk(config), "system_disk")
 
 
 def create_additional_disk(ctx: StepContext) -> StepResult:
@@ -335,14 +335,16 @@ def resize_additional_disk(ctx: StepContext) -> StepResult:
     pkg = ctx.package
     if pkg.additional_disk_gb <= 0 or not pkg.additional_disk_storage:
         return Done("skip - not configured")
-    return _resize(ctx, _additional_disk(_config(ctx), pkg), pkg.additional_disk_gb, "additional disk")
+    config = _config(ctx)
+    return _resize(ctx, config, _additional_disk(config, pkg), pkg.additional_disk_gb, "additional disk")
 
 
 def set_additional_disk_io(ctx: StepContext) -> StepResult:
     pkg = ctx.package
     if pkg.additional_disk_gb <= 0 or not any(getattr(pkg, f"additional_disk_{n}") for n in disks.THROTTLES):
         return Done("skip - no limits set")
-    return _set_throttles(ctx, _additional_disk(_config(ctx), pkg), "additional_disk")
+    config = _config(ctx)
+    return _set_throttles(ctx, config, _additional_disk(config, pkg), "additional_disk")
 
 
 def _random_mac() -> str:
@@ -393,10 +395,12 @@ def sync_ipset(ctx: StepContext) -> None:
     vm = ctx.vm
     pve = ctx.pve()
     base = ("nodes", vm.node, "qemu", vm.vmid, "firewall", "ipset")
+    present: dict = {}
     if IPSET not in {s.get("name") for s in pve.get(*base) or []}:
-        pve.post(*base, name=IPSET, comment="anti-spoofing: addresses of this VM")
+        pve.post(*base, name=IPSET, comment="anti-spoofing: addresses of this VM")  # empty, as made
+    else:
+        present = {str(e.get("cidr")).split("/")[0]: e.get("cidr") for e in pve.get(*base, IPSET) or []}
     wanted = {a.address for a in _addresses(ctx)}
-    present = {str(e.get("cidr")).split("/")[0]: e.get("cidr") for e in pve.get(*base, IPSET) or []}
     for address in sorted(wanted - set(present)):
         pve.post(*base, IPSET, cidr=address)
     for address in sorted(set(present) - wanted):

@@ -9,7 +9,7 @@ from core.proxmox.client import ProxmoxError
 from core.proxmox.cluster import is_ours, vm_location
 
 from .deploy import (_additional_disk, _config, _new_additional_disk, _put_config, _resize, _set_throttles, _status,
-                     _system_disk, access_parameters, cloudinit_values, configure_firewall, configure_network,
+                     access_parameters, cloudinit_values, configure_firewall, configure_network,
                      dns_target, ensure_running, keep_suspended_off, network_values, pending_changes,
                      resize_system_disk, send_mail, set_cpu_ram, start_vm, stop_vm, sync_ipset, task_type)
 from .pipeline import Done, Pipeline, Step, StepContext, StepFailed, StepResult, Wait, register
@@ -115,7 +115,8 @@ def cp_stop(ctx: StepContext) -> StepResult:
 
 
 def cp_system_disk_bandwidth(ctx: StepContext) -> StepResult:
-    return _set_throttles(ctx, _system_disk(ctx), "system_disk", clear=True)
+    config = _config(ctx)
+    return _set_throttles(ctx, config, disks.system_disk(config), "system_disk", clear=True)
 
 
 def cp_additional_disk(ctx: StepContext) -> StepResult:
@@ -135,17 +136,19 @@ def cp_additional_disk(ctx: StepContext) -> StepResult:
 
 def cp_additional_disk_size(ctx: StepContext) -> StepResult:
     pkg = ctx.package
-    extra = _additional_disk(_config(ctx), pkg)
+    config = _config(ctx)
+    extra = _additional_disk(config, pkg)
     if not extra or pkg.additional_disk_gb <= 0:
         return Done("skip - no change")
-    return _resize(ctx, extra, pkg.additional_disk_gb, "additional disk")
+    return _resize(ctx, config, extra, pkg.additional_disk_gb, "additional disk")
 
 
 def cp_additional_disk_bandwidth(ctx: StepContext) -> StepResult:
-    extra = _additional_disk(_config(ctx), ctx.package)
+    config = _config(ctx)
+    extra = _additional_disk(config, ctx.package)
     if not extra:
         return Done("skip - no change")
-    return _set_throttles(ctx, extra, "additional_disk", clear=True)
+    return _set_throttles(ctx, config, extra, "additional_disk", clear=True)
 
 
 def cp_start(ctx: StepContext) -> StepResult:

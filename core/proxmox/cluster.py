@@ -49,10 +49,10 @@ class NodeChoice:
     reason: str
 
 
-def choose_target_node(pve: Pve, storage: str, wanted: str = "") -> NodeChoice:
+def choose_target_node(resources: list[dict], storage: str, wanted: str = "") -> NodeChoice:
     """The node a new VM should run on: the product's target node if it is online and has the storage,
-    otherwise (automatic) the online node with the storage and the most free RAM."""
-    resources = pve.get("cluster", "resources") or []
+    otherwise (automatic) the online node with the storage and the most free RAM. ``resources``: the
+    cluster's /cluster/resources."""
     online = {r["node"]: int(r.get("maxmem", 0)) - int(r.get("mem", 0))
               for r in resources if r.get("type") == "node" and r.get("status") == "online"}
     with_storage = {r["node"] for r in resources if r.get("type") == "storage" and r.get("storage") == storage
@@ -76,10 +76,13 @@ def storage_on_node(pve: Pve, storage: str, node: str) -> bool:
                for r in pve.get("cluster", "resources", type="storage") or [])
 
 
-def vm_location(pve: Pve, vmid: int) -> dict | None:
-    """The VM's /cluster/resources entry (node, name, status, lock, template), or None."""
-    for item in pve.get("cluster", "resources", type="vm") or []:
-        if int(item.get("vmid", -1)) == vmid:
+def vm_location(pve: Pve, vmid: int, resources: list[dict] | None = None) -> dict | None:
+    """The VM's /cluster/resources entry (node, name, status, lock, template), or None; from ``resources``
+    when the caller has read them already."""
+    if resources is None:
+        resources = pve.get("cluster", "resources", type="vm") or []
+    for item in resources:
+        if item.get("type") in ("qemu", "lxc") and int(item.get("vmid", -1)) == vmid:
             return item
     return None
 
