@@ -168,9 +168,12 @@ def clone(ctx: StepContext) -> StepResult:
     vm, pkg = ctx.vm, ctx.package
     template_vmid, template_node = template_of(ctx)
     pve = ctx.pve()
+    resources: list[dict] = []
     if not ctx.tracked_task():
+        # One read for our VMID's holder, the VMIDs in use and the storages of the template's node.
+        resources = pve.get("cluster", "resources") or []
         if vm.vmid is not None:
-            found = vm_location(pve, vm.vmid)
+            found = vm_location(pve, vm.vmid, resources)
             if found is not None:
                 if not is_ours(found, vm.name, vm.vmid):
                     # Somebody else's VM holds our VMID: leave it alone and pick another.
@@ -185,13 +188,13 @@ def clone(ctx: StepContext) -> StepResult:
                     ctx.commit()
                     return _after_clone(ctx)
         if vm.vmid is None:
-            _claim_vmid(ctx)
+            _claim_vmid(ctx, [r for r in resources if r.get("type") in ("qemu", "lxc")])
             vm = ctx.vm
 
     def start() -> str:
         full = pkg.clone_mode != "linked"
         storage = pkg.system_disk_storage if full else None
-        if storage and not storage_on_node(pve, storage, template_node):
+        if storage and not storage_on_node(resources, storage, template_node):
             # Proxmox clones onto the template's node only; the migration's targetstorage moves the disk.
             if not settings.get("migration_enabled"):
                 raise StepFailed(f"storage {storage} is not on the template's node {template_node} and the "
@@ -210,11 +213,12 @@ def clone(ctx: StepContext) -> StepResult:
     return _after_clone(ctx)
 
 
-def _claim_vmid(ctx: StepContext) -> None:
-    """Reserve a VMID on the VM row; the unique (server, vmid) constraint settles races between workers."""
+def _claim_vmid(ctx: StepContext, guests: list[dict]) -> None:
+    """Reserve a VMID on the VM row (``guests``: the cluster's VMs as /cluster/resources lists them); the
+    unique (server, vmid) constraint settles races between workers."""
     vm, exclude = ctx.vm, set()
     for _ in range(20):
-        vm.vmid = choose_vmid(ctx.pve(), vm.server_id, ctx.package.first_vmid, exclude)
+        vm.vmid = choose_vmid(ctx.pve(), vm.server_id, ctx.package.first_vmid, exclude, guests)
         try:
             db.session.commit()
             return

@@ -17,14 +17,14 @@ REQUIRED_PRIVILEGES = (
 )
 
 
-def used_vmids(pve: Pve) -> set[int]:
-    return {int(item["vmid"]) for item in pve.get("cluster", "resources", type="vm") or [] if "vmid" in item}
-
-
-def choose_vmid(pve: Pve, server_id: int, first_vmid: int, exclude: set[int] | None = None) -> int:
-    """The lowest VMID at or above first_vmid that neither our records nor the cluster use, confirmed by
-    PVE's own /cluster/nextid check (which also knows IDs reserved by running tasks)."""
-    taken = used_vmids(pve) | set(exclude or ())
+def choose_vmid(pve: Pve, server_id: int, first_vmid: int, exclude: set[int] | None = None,
+                resources: list[dict] | None = None) -> int:
+    """The lowest VMID at or above first_vmid that neither our records nor the cluster use (``resources``:
+    its /cluster/resources, if read already), confirmed by PVE's own /cluster/nextid check (which also knows
+    IDs reserved by running tasks)."""
+    if resources is None:
+        resources = pve.get("cluster", "resources", type="vm") or []
+    taken = {int(item["vmid"]) for item in resources if "vmid" in item} | set(exclude or ())
     taken |= set(db.session.scalars(select(VM.vmid).where(VM.server_id == server_id, VM.vmid >= first_vmid)))
     candidate = max(first_vmid, 100)
     for _ in range(1000):
@@ -70,10 +70,10 @@ def choose_target_node(resources: list[dict], storage: str, wanted: str = "") ->
     return NodeChoice(best, "most free RAM")
 
 
-def storage_on_node(pve: Pve, storage: str, node: str) -> bool:
-    """Whether the storage is enabled and available on the node."""
-    return any(r.get("storage") == storage and r.get("node") == node and r.get("status") == "available"
-               for r in pve.get("cluster", "resources", type="storage") or [])
+def storage_on_node(resources: list[dict], storage: str, node: str) -> bool:
+    """Whether the storage is enabled and available on the node (``resources``: /cluster/resources)."""
+    return any(r.get("type") == "storage" and r.get("storage") == storage and r.get("node") == node
+               and r.get("status") == "available" for r in resources)
 
 
 def vm_location(pve: Pve, vmid: int, resources: list[dict] | None = None) -> dict | None:
