@@ -35,3 +35,18 @@ def unstorable(value: Any, path: str = "") -> dict[str, str]:
         for index, item in enumerate(value):
             found.update(unstorable(item, f"{path}.{index}" if path else str(index)))
     return found
+
+
+def unstorable_fields(*multidicts) -> dict[str, str]:
+    """unstorable() for form fields or query arguments (werkzeug MultiDicts), by the field's name."""
+    found: dict[str, str] = {}
+    for fields in multidicts:
+        for key in fields:
+            reason = problem(key)
+            if reason:
+                found[ascii(key)[1:-1]] = "the name " + reason
+                continue
+            reason = next(filter(None, map(problem, fields.getlist(key))), None)
+            if reason:
+                found[key] = reason
+    return found

@@ -42,14 +42,12 @@ def require_login():
 
 @bp.before_request
 def refuse_unstorable_text():
-    """A form value no database column can hold (a NUL character, which no one types but a crafted post
-    carries) is refused before any view stores it: 400, nothing changed."""
+    """A form or query value no database column can hold (a NUL character, which no one types but a crafted
+    request carries) is refused before any view stores it or searches with it: 400, nothing changed."""
     from flask import render_template
 
-    from core.text import unstorable
-    if request.method == "GET" or not request.form:
-        return None
-    bad = unstorable({key: request.form.getlist(key) for key in request.form})
+    from core.text import unstorable_fields
+    bad = unstorable_fields(request.args, *([request.form] if request.method != "GET" else []))
     if not bad:
         return None
     if wants_json():

@@ -19,7 +19,7 @@ from core import vms as vm_service
 from core.extensions import db
 from core.models import VM, DnsZone, IPPool, Product, Server
 from core.products import ProductSettings, ProductSettingsError, validate as validate_product
-from core.text import unstorable
+from core.text import unstorable, unstorable_fields
 
 from .openapi import SPEC
 
@@ -67,6 +67,9 @@ def authenticate():
     if owner is None:
         raise ApiError(401, "unknown or revoked token")
     g.api_token = owner
+    bad = unstorable_fields(request.args)
+    if bad:  # a NUL in a search: no database searches with it (PostgreSQL refuses it outright)
+        raise ApiError(400, "text that cannot be stored", bad)
 
 
 def allowed(section: str, change: bool) -> bool:

@@ -229,6 +229,21 @@ def test_text_no_database_can_store_is_a_field_error(client, token):
     assert answer.get_json()["errors"] == {"whmcs_api_identifier": "must not contain a NUL character"}
 
 
+def test_a_search_no_database_can_run_is_a_field_error_on_every_backend(any_db_app):
+    """Found in review: a NUL in a search was a 500 on PostgreSQL, which refuses it in any text."""
+    from tests.test_panel import login
+    seed_fleet(1)
+    token = admins.create_token("automation")
+    client = any_db_app.test_client()
+    answer = client.get("/api/v1/vms?q=a%00b", headers=auth(token))
+    assert answer.status_code == 400 and answer.get_json()["errors"] == {"q": "must not contain a NUL character"}
+    admins.create_admin("root", "correct horse battery")
+    login(client, password="correct horse battery")
+    page = client.get("/vms?q=a%00b")
+    assert page.status_code == 400 and "cannot be stored (a NUL)" in page.get_data(as_text=True)
+    assert client.get("/vms?q=5546").status_code == 200
+
+
 def test_out_of_range_mask_on_update_is_a_field_error(client, token):
     """Found by schemathesis: a huge mask on an existing pool once reached ipaddress and gave a 500."""
     seed_fleet(1)
