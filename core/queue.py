@@ -110,23 +110,34 @@ def holds_lease(service_id: int, worker_name: str) -> bool:
     return held and (owner or "").startswith(worker_lease_prefix(worker_name))
 
 
-def enqueue_vm(service_id: int, delay: float = 0) -> bool:
+def vm_task_on() -> bool:
+    """Whether processVirtualMachines runs by itself: at interval 0 it is off, and VMs wait for it to be
+    turned on again (or for a run of the task by hand)."""
+    from . import settings
+    return settings.get("interval_processVirtualMachines") > 0
+
+
+def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False) -> bool:
     """Ask for the VM's pipeline to run soon. With Redis: one job per VM (an existing queued or running job
-    is not doubled); without: wake the in-process ticker. Returns True when a job was queued."""
+    is not doubled), none while processVirtualMachines is off unless ``manual`` (a run of the task by hand,
+    whose jobs run anyway); without: wake the in-process ticker. Returns True when a job was queued."""
     queue = rq_queue()
     if queue is None:
         wakeup.set()
         return False
+    if not manual and not vm_task_on():
+        return False
+    extra = {"manual": True} if manual else {}
     if delay:
         # A fresh id: the job asking for its follow-up may itself be a follow-up, and a finishing job
         # writes its own state over the job of that id.
-        queue.enqueue_in(timedelta(seconds=delay), VM_JOB, service_id,
+        queue.enqueue_in(timedelta(seconds=delay), VM_JOB, service_id, **extra,
                          job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
                          failure_ttl=86400, job_timeout=VM_JOB_TIMEOUT)
         return True
     if _job_active(vm_job_id(service_id), queue, lapsed=lambda: _lease_lapsed(service_id)):
         return False
-    queue.enqueue(VM_JOB, service_id, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
+    queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
                   job_timeout=VM_JOB_TIMEOUT)
     return True
 

@@ -93,7 +93,7 @@ def process_virtual_machines(ctx: TickContext) -> TaskResult:
     due = vms_due(ctx.clock, ignore_schedule=ctx.manual)
     if not ctx.inline:
         for service_id in due:
-            if work_queue.enqueue_vm(service_id):
+            if work_queue.enqueue_vm(service_id, manual=ctx.manual):
                 out.processed += 1
                 out.details.append(f"sid:{service_id} [queued]")
             else:  # its job waits for a worker still, or runs: nothing new was handed out

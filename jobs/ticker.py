@@ -12,7 +12,6 @@ import threading
 from flask import Flask
 
 from core import queue as work_queue
-from core import settings
 
 log = logging.getLogger("pkvm.ticker")
 
@@ -45,7 +44,7 @@ class Ticker(threading.Thread):
             with self.app.app_context():
                 try:
                     # processVirtualMachines at interval 0 is off: VMs wait for it (or for flask cron --task).
-                    vm_task_on = settings.get("interval_processVirtualMachines") > 0
+                    vm_task_on = work_queue.vm_task_on()
                     if clock.monotonic() >= next_full:
                         next_full = clock.monotonic() + period
                         run_tick(Output(log.info), inline=True, max_wait=max_wait, parallel=self.parallel)

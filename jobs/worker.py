@@ -87,17 +87,24 @@ class SimpleWorker(_RegistersAgain, RQSimpleWorker):
         super().request_stop(signum, frame)
 
 
-def process_vm_job(service_id: int) -> dict:
+def process_vm_job(service_id: int, manual: bool = False) -> dict:
+    """One pass of the VM's pipeline; a task still running queues the next pass a few seconds later. With
+    processVirtualMachines at interval 0 (off), VMs wait: a job queued before it was turned off does nothing,
+    unless it comes from a run of the task by hand (``manual``, flask cron --task or --force)."""
     from core import queue as work_queue
 
     from .pipeline import Output, run_vm
 
     app = _get_app()
     with app.app_context():
+        if not manual and not work_queue.vm_task_on():
+            log.info("service %s: processVirtualMachines is off (interval 0): the VM waits", service_id)
+            return {"service_id": service_id, "action": "", "result": "off", "message": "", "steps": 0,
+                    "api_calls": 0}
         out = Output(log.info)
         result = run_vm(service_id, out, max_wait=app.config["JOB_MAX_WAIT"], owner=_lease_owner())
         if result.result in ("waiting", "changed"):  # a task to poll, or the VM's new status to work on
-            work_queue.enqueue_vm(service_id, delay=app.config["JOB_REQUEUE_SECONDS"])
+            work_queue.enqueue_vm(service_id, delay=app.config["JOB_REQUEUE_SECONDS"], manual=manual)
         return {"service_id": service_id, "action": result.action, "result": result.result,
                 "message": result.message, "steps": result.steps, "api_calls": result.api_calls}
 

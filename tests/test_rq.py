@@ -85,6 +85,35 @@ def test_create_account_queues_one_job_per_vm_and_a_worker_deploys_it(rq_app, re
     assert result["result"] == "success" and result["steps"] == 15
 
 
+def test_processing_turned_off_holds_every_vm_until_it_is_on_again_or_run_by_hand(rq_app, redis_conn, cluster,
+                                                                                   clock):
+    """Found in an audit against the original's documentation ("Set interval to 0 to disable a task"): with
+    Redis, processVirtualMachines at 0 stopped nothing, as calls and the workers' follow-ups queue VM jobs
+    themselves. Now a job queued before does nothing, calls queue none, and a run of the task by hand (flask
+    cron --task) deploys anyway; turned on again, the next tick goes on."""
+    from core import settings
+    from jobs.cron import run_tick
+    app, queue = rq_app
+    register_cluster(cluster)
+    bridge = Bridge(app, app.test_client())
+    assert bridge.call("CreateAccount", account_params(cluster, 511)).get_json()["queued"] is True
+    settings.update({"interval_processVirtualMachines": 0})
+    assert bridge.call("CreateAccount", account_params(cluster, 512)).get_json()["status"] == "creation"
+    assert queue.job_ids == [f"{queue.name}-vm-511"]  # recorded, no job queued
+    work(queue, redis_conn)  # the job queued before: nothing done
+    assert queue.fetch_job(f"{queue.name}-vm-511").return_value()["result"] == "off"
+    db.session.expire_all()
+    assert [db.session.get(VM, sid).status for sid in (511, 512)] == ["creation", "creation"]
+    assert run_tick(Output(lambda line: None, clock)).results == []  # the tick skips the task
+    assert queue.count == 0
+    lines: list[str] = []
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", manual=True)  # flask cron --task
+    assert [line.split("  ", 1)[-1].strip() for line in lines if "sid:" in line] == ["sid:511 [queued]", "sid:512 [queued]"]
+    work(queue, redis_conn)
+    db.session.expire_all()
+    assert [db.session.get(VM, sid).status for sid in (511, 512)] == ["ready", "ready"]
+
+
 @pytest.mark.time_scale(0.001)
 def test_a_worker_does_not_wait_for_a_long_migration(rq_app, redis_conn, cluster):
     """Proxmox keeps migrating until the test lets it finish; the job stops polling after JOB_MAX_WAIT and
