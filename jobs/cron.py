@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core import queue as work_queue
 from core import settings
 from core.extensions import db
-from core.models import VM, CronLock, CronTask
+from core.models import VM, CronLock, CronTask, VMRun
 from core.settings import TASK_DEFAULTS, TASK_INFO
 
 from . import deploy, dnsrecords, lifecycle, redeploy  # noqa: F401 - register the pipelines
@@ -92,12 +92,19 @@ def process_virtual_machines(ctx: TickContext) -> TaskResult:
     out = TaskResult()
     due = vms_due(ctx.clock, ignore_schedule=ctx.manual)
     if not ctx.inline:
+        # The passes run on the workers (their blocks are in the workers' output); what this tick can tell
+        # is which of the VMs it hands out ended their last pass in an error: those are its errors.
+        failed = _last_pass_errors(due)
         for service_id in due:
             if work_queue.enqueue_vm(service_id, manual=ctx.manual):
                 out.processed += 1
-                out.details.append(f"sid:{service_id} [queued]")
+                state = "queued"
             else:  # its job waits for a worker still, or runs: nothing new was handed out
-                out.details.append(f"sid:{service_id} [already queued]")
+                state = "already queued"
+            if service_id in failed:
+                out.errors += 1
+                state += f"; last pass: {failed[service_id]}"
+            out.details.append(f"sid:{service_id} [{state}]")
         return out
     if ctx.parallel > 1 and len(due) > 1:
         results = _run_parallel(due, ctx)
@@ -114,6 +121,15 @@ def process_virtual_machines(ctx: TickContext) -> TaskResult:
         out.details.append(_sid_line(result))
     ctx.results.extend(results)
     return out
+
+
+def _last_pass_errors(service_ids: list[int]) -> dict[int, str]:
+    """The error of each VM whose last pass (its newest VMRun) ended in one."""
+    if not service_ids:
+        return {}
+    newest = select(func.max(VMRun.id)).where(VMRun.service_id.in_(service_ids)).group_by(VMRun.service_id)
+    return {service_id: error or "error" for service_id, error in db.session.execute(
+        select(VMRun.service_id, VMRun.error).where(VMRun.id.in_(newest), VMRun.result == "error"))}
 
 
 def _run_parallel(due: list[int], ctx: TickContext) -> list[RunResult]:

@@ -210,6 +210,32 @@ def test_a_tick_counts_only_the_vm_jobs_it_queued(rq_app, redis_conn, cluster, c
     assert queue.job_ids == [f"{queue.name}-vm-508"]
 
 
+def test_a_tick_with_redis_counts_the_vms_whose_last_pass_failed_as_its_errors(rq_app, redis_conn, cluster, clock):
+    """Found in an audit against the original's documentation (errors: "non-zero means at least one VM ran
+    into a problem; look at the per-sid lines"): with Redis the passes run on the workers and the tick's
+    errors were always 0. It counts the VMs it hands out whose last pass ended in an error, and says it."""
+    app, queue = rq_app
+    register_cluster(cluster)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 509))
+    cluster.pve.fail("POST", "/clone", 500, "storage 'local-lvm' is full", times=1)
+    work(queue, redis_conn)
+    db.session.expire_all()
+    assert db.session.get(VM, 509).status == "set_dns"
+    lines: list[str] = []
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", manual=True)
+    assert any("processed: 1, errors: 1" in line for line in lines), lines
+    assert any(line.endswith("sid:509 [queued; last pass: HTTP 500: storage 'local-lvm' is full]") for line in lines), lines
+    work(queue, redis_conn)  # the retry succeeds
+    lines = []
+    db.session.expire_all()
+    vm = db.session.get(VM, 509)
+    assert vm.status == "ready"
+    vm.status = "creation"  # due again (an admin's reset): its last pass ended well
+    db.session.commit()
+    run_tick(Output(lines.append, clock), only="processVirtualMachines", manual=True)
+    assert any("processed: 1, errors: 0" in line for line in lines), lines
+
+
 def test_the_stopping_simple_worker_tells_passes_to_end(redis_conn):
     """SIGTERM's handler (request_stop) of jobs.worker.SimpleWorker sets the flag passes look at."""
     import signal
