@@ -18,23 +18,27 @@ def problem(text: str) -> str | None:
 
 
 def unstorable(value: Any, path: str = "") -> dict[str, str]:
-    """Every string in a JSON value (object keys too) that cannot be stored, by its path (``a.b.0``)."""
+    """Every string in a JSON value (object keys too) that cannot be stored, by its path (``a.b.0``). Walked
+    without recursion: a value nested as deep as the JSON parser goes is walked too."""
     found: dict[str, str] = {}
-    if isinstance(value, str):
-        reason = problem(value)
-        if reason:
-            found[path or "body"] = reason
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            name = ascii(key)[1:-1] if isinstance(key, str) and problem(key) else str(key)
-            where = f"{path}.{name}" if path else name
-            if isinstance(key, str) and problem(key):
-                found[where] = "the name " + problem(key)
-            found.update(unstorable(item, where))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found.update(unstorable(item, f"{path}.{index}" if path else str(index)))
-    return found
+    pending = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, str):
+            reason = problem(item)
+            if reason:
+                found[where or "body"] = reason
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                reason = problem(key) if isinstance(key, str) else None
+                name = ascii(key)[1:-1] if reason else str(key)
+                at = f"{where}.{name}" if where else name
+                if reason:
+                    found[at] = "the name " + reason
+                pending.append((at, inner))
+        elif isinstance(item, list):
+            pending.extend((f"{where}.{index}" if where else str(index), inner) for index, inner in enumerate(item))
+    return dict(sorted(found.items()))
 
 
 def unstorable_fields(*multidicts) -> dict[str, str]:
