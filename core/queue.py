@@ -56,11 +56,16 @@ def service_of_job(job_id: str) -> int | None:
 ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 
 
-def _job_active(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bool:
-    """Whether the job of this id waits or runs (enqueueing it again would overwrite it). A "started" job
-    whose worker died without a word (killed, its machine lost) stops counting when ``lapsed`` says the
-    work it holds has been let go, or, without that, once RQ's heartbeat for it has expired (RQ's own
-    cleanup marks it failed then, rather than at a worker's next maintenance)."""
+def _id_free(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bool:
+    """Whether a new job may take this id: no job of it waits or runs (enqueueing it again would overwrite
+    it). A "started" job whose worker died without a word (killed, its machine lost) stops counting when
+    ``lapsed`` says the work it holds has been let go, or, without that, once RQ's heartbeat for it has
+    expired (RQ's own cleanup marks it failed then, rather than at a worker's next maintenance).
+
+    A job of the id that has ended is deleted here: RQ writes a new job over the old one's key without
+    clearing the expiry the old one's result was given (result_ttl), and the new job vanished from Redis
+    when that ran out, before a worker took it (found in a production-like run: VMs a tick listed as
+    queued whose jobs never ran)."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     try:
@@ -68,14 +73,19 @@ def _job_active(job_id: str, queue, lapsed: Callable[[], bool] | None = None) ->
         # for every new VM); the status comes with the fetch.
         job = Job.fetch(job_id, connection=queue.connection)
     except NoSuchJobError:
-        return False
+        return True
     status = job.get_status(refresh=False)
     if status == "started":
         if lapsed is not None:
-            return not lapsed()
-        queue.started_job_registry.cleanup()
-        status = job.get_status(refresh=True)
-    return status in ACTIVE_JOB_STATES
+            active = not lapsed()
+        else:
+            queue.started_job_registry.cleanup()
+            active = job.get_status(refresh=True) in ACTIVE_JOB_STATES
+    else:
+        active = status in ACTIVE_JOB_STATES
+    if not active:
+        job.delete()
+    return not active
 
 
 def _lease(service_id: int) -> tuple[str | None, bool]:
@@ -135,7 +145,7 @@ def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False) -> bool:
                          job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
                          failure_ttl=86400, job_timeout=VM_JOB_TIMEOUT)
         return True
-    if _job_active(vm_job_id(service_id), queue, lapsed=lambda: _lease_lapsed(service_id)):
+    if not _id_free(vm_job_id(service_id), queue, lapsed=lambda: _lease_lapsed(service_id)):
         return False
     queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
                   job_timeout=VM_JOB_TIMEOUT)
@@ -163,7 +173,7 @@ def start_tick() -> str:
     from redis.exceptions import RedisError
     job_id = f"{current_app.config['RQ_QUEUE']}-tick"
     try:
-        if _job_active(job_id, queue):
+        if not _id_free(job_id, queue):
             return "already queued"  # waiting or running: a second tick would find nothing more to do
         # Ahead of the VM jobs: a tick is short, and behind a backlog of them it would come late.
         queue.enqueue(TICK_JOB, job_id=job_id, result_ttl=60, failure_ttl=86400, job_timeout=3600, at_front=True)

@@ -236,6 +236,25 @@ def test_a_tick_with_redis_counts_the_vms_whose_last_pass_failed_as_its_errors(r
     assert any("processed: 1, errors: 0" in line for line in lines), lines
 
 
+def test_a_vm_queued_again_soon_after_its_last_job_keeps_its_new_job(rq_app, redis_conn, cluster):
+    """Found in a production-like run: RQ writes a new job over an ended one of the same id without clearing
+    the expiry the old one's result was given (60 s), so a VM queued again within that minute (an admin's
+    reset, a tick run by hand) had its job vanish before a worker took it: listed as queued, never run."""
+    from core.queue import enqueue_vm
+    app, queue = rq_app
+    register_cluster(cluster)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 513))
+    job_id = f"{queue.name}-vm-513"
+    work(queue, redis_conn)
+    assert queue.fetch_job(job_id).get_status() == "finished" and redis_conn.ttl(f"rq:job:{job_id}") > 0
+    db.session.expire_all()
+    db.session.get(VM, 513).status = "set_dns_records"  # an admin's reset: work to do again
+    db.session.commit()
+    assert enqueue_vm(513) is True
+    assert queue.job_ids == [job_id] and queue.fetch_job(job_id).get_status() == "queued"
+    assert redis_conn.ttl(f"rq:job:{job_id}") == -1  # kept until a worker takes it
+
+
 def test_the_stopping_simple_worker_tells_passes_to_end(redis_conn):
     """SIGTERM's handler (request_stop) of jobs.worker.SimpleWorker sets the flag passes look at."""
     import signal
