@@ -17,11 +17,11 @@ def problem(text: str) -> str | None:
     return None
 
 
-def unstorable(value: Any, path: str = "") -> dict[str, str]:
+def unstorable(value: Any) -> dict[str, str]:
     """Every string in a JSON value (object keys too) that cannot be stored, by its path (``a.b.0``). Walked
     without recursion: a value nested as deep as the JSON parser goes is walked too."""
     found: dict[str, str] = {}
-    pending = [(path, value)]
+    pending = [("", value)]
     while pending:
         where, item = pending.pop()
         if isinstance(item, str):
@@ -42,15 +42,10 @@ def unstorable(value: Any, path: str = "") -> dict[str, str]:
 
 
 def unstorable_fields(*multidicts) -> dict[str, str]:
-    """unstorable() for form fields or query arguments (werkzeug MultiDicts), by the field's name."""
+    """unstorable() for form fields or query arguments (werkzeug MultiDicts), by the field's name: a field
+    given more than once is named by the first of its values that cannot be stored."""
     found: dict[str, str] = {}
     for fields in multidicts:
         for key in fields:
-            reason = problem(key)
-            if reason:
-                found[ascii(key)[1:-1]] = "the name " + reason
-                continue
-            reason = next(filter(None, map(problem, fields.getlist(key))), None)
-            if reason:
-                found[key] = reason
+            found.update(unstorable({key: next((v for v in fields.getlist(key) if problem(v)), "")}))
     return found

@@ -188,7 +188,7 @@ def clone(ctx: StepContext) -> StepResult:
                     ctx.commit()
                     return _after_clone(ctx)
         if vm.vmid is None:
-            _claim_vmid(ctx, [r for r in resources if r.get("type") in ("qemu", "lxc")])
+            _claim_vmid(ctx, resources)
             vm = ctx.vm
 
     def start() -> str:
@@ -213,12 +213,12 @@ def clone(ctx: StepContext) -> StepResult:
     return _after_clone(ctx)
 
 
-def _claim_vmid(ctx: StepContext, guests: list[dict]) -> None:
-    """Reserve a VMID on the VM row (``guests``: the cluster's VMs as /cluster/resources lists them); the
-    unique (server, vmid) constraint settles races between workers."""
+def _claim_vmid(ctx: StepContext, resources: list[dict]) -> None:
+    """Reserve a VMID on the VM row (``resources``: the cluster's /cluster/resources, with the VMIDs in
+    use); the unique (server, vmid) constraint settles races between workers."""
     vm, exclude = ctx.vm, set()
     for _ in range(20):
-        vm.vmid = choose_vmid(ctx.pve(), vm.server_id, ctx.package.first_vmid, exclude, guests)
+        vm.vmid = choose_vmid(ctx.pve(), vm.server_id, ctx.package.first_vmid, exclude, resources)
         try:
             db.session.commit()
             return

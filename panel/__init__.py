@@ -6,9 +6,12 @@ from typing import Callable
 
 import time
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, request, session, url_for
+from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session,
+                   url_for)
 from flask_babel import gettext as _
 from flask_login import current_user, logout_user
+
+from core.text import unstorable_fields
 
 bp = Blueprint("panel", __name__)
 PUBLIC_ENDPOINTS = {"panel.login", "panel.language"}
@@ -44,9 +47,6 @@ def require_login():
 def refuse_unstorable_text():
     """A form or query value no database column can hold (a NUL character, which no one types but a crafted
     request carries) is refused before any view stores it or searches with it: 400, nothing changed."""
-    from flask import render_template
-
-    from core.text import unstorable_fields
     bad = unstorable_fields(request.args, *([request.form] if request.method != "GET" else []))
     if not bad:
         return None
