@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from flask import current_app
@@ -46,7 +45,7 @@ def vm_job_id(service_id: int) -> str:
 
 
 def service_of_job(job_id: str) -> int | None:
-    """The service whose VM job this is (``vm_job_id``, or a follow-up's ``<vm_job_id>-poll-<hex>``), or None
+    """The service whose VM job this is (``vm_job_id``, or a follow-up's ``<vm_job_id>-poll-<x>``), or None
     for another job."""
     prefix = vm_job_id(0)[:-1]
     tail = job_id[len(prefix):].split("-poll-")[0] if job_id.startswith(prefix) else ""
@@ -54,6 +53,7 @@ def service_of_job(job_id: str) -> int | None:
 
 
 ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
+SCHEDULER_LATE = 60  # seconds after its time a scheduled job still waits for RQ's scheduler to queue it
 
 
 def _id_free(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bool:
@@ -81,6 +81,14 @@ def _id_free(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bo
         else:
             queue.started_job_registry.cleanup()
             active = job.get_status(refresh=True) in ACTIVE_JOB_STATES
+    elif status == "scheduled":
+        # One whose time is long past waits for a scheduler that no worker runs (none was started with
+        # --with-scheduler, or its worker stopped and no other has taken it over yet): nothing will run it.
+        try:
+            due = queue.scheduled_job_registry.get_scheduled_time(job)
+            active = due > datetime.now(timezone.utc) - timedelta(seconds=SCHEDULER_LATE)
+        except NoSuchJobError:  # queued by the scheduler meanwhile (or lost by it)
+            active = job.get_status(refresh=True) in ("queued", "started")
     else:
         active = status in ACTIVE_JOB_STATES
     if not active:
@@ -127,10 +135,19 @@ def vm_task_on() -> bool:
     return settings.get("interval_processVirtualMachines") > 0
 
 
-def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False) -> bool:
-    """Ask for the VM's pipeline to run soon. With Redis: one job per VM (an existing queued or running job
-    is not doubled), none while processVirtualMachines is off unless ``manual`` (a run of the task by hand,
-    whose jobs run anyway); without: wake the in-process ticker. Returns True when a job was queued."""
+def follow_up_ids(service_id: int) -> tuple[str, str]:
+    """The two ids a VM's follow-up jobs take in turn: a job asking for its follow-up may itself be one, and a
+    finishing job writes its own state over any job of its id."""
+    base = vm_job_id(service_id)
+    return f"{base}-poll-a", f"{base}-poll-b"
+
+
+def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False, after: str | None = None) -> bool:
+    """Ask for the VM's pipeline to run soon. With Redis: one job per VM (an existing queued or running job,
+    or a follow-up scheduled for it, is not doubled), none while processVirtualMachines is off unless
+    ``manual`` (a run of the task by hand, whose jobs run anyway); without: wake the in-process ticker.
+    ``delay``: a follow-up of the job ``after`` (its id), one at a time per VM. Returns True when a job was
+    queued."""
     queue = rq_queue()
     if queue is None:
         wakeup.set()
@@ -138,17 +155,22 @@ def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False) -> bool:
     if not manual and not vm_task_on():
         return False
     extra = {"manual": True} if manual else {}
+    options = dict(result_ttl=60, failure_ttl=86400, job_timeout=VM_JOB_TIMEOUT)
+
+    def lapsed() -> bool:
+        return _lease_lapsed(service_id)
+    first, second = follow_up_ids(service_id)
     if delay:
-        # A fresh id: the job asking for its follow-up may itself be a follow-up, and a finishing job
-        # writes its own state over the job of that id.
-        queue.enqueue_in(timedelta(seconds=delay), VM_JOB, service_id, **extra,
-                         job_id=f"{vm_job_id(service_id)}-poll-{secrets.token_hex(4)}", result_ttl=60,
-                         failure_ttl=86400, job_timeout=VM_JOB_TIMEOUT)
+        job_id = second if after == first else first
+        if not _id_free(job_id, queue, lapsed):
+            return False  # a follow-up is scheduled already (this job ran beside it): one chain per VM
+        queue.enqueue_in(timedelta(seconds=delay), VM_JOB, service_id, **extra, job_id=job_id, **options)
         return True
-    if not _id_free(vm_job_id(service_id), queue, lapsed=lambda: _lease_lapsed(service_id)):
+    # While a follow-up waits for its turn (a Proxmox task still runs), the VM's next run is due to a tick,
+    # but the follow-up is that run.
+    if not all(_id_free(job_id, queue, lapsed) for job_id in (vm_job_id(service_id), first, second)):
         return False
-    queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), result_ttl=60, failure_ttl=86400,
-                  job_timeout=VM_JOB_TIMEOUT)
+    queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), **options)
     return True
 
 

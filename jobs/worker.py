@@ -104,7 +104,10 @@ def process_vm_job(service_id: int, manual: bool = False) -> dict:
         out = Output(log.info)
         result = run_vm(service_id, out, max_wait=app.config["JOB_MAX_WAIT"], owner=_lease_owner())
         if result.result in ("waiting", "changed"):  # a task to poll, or the VM's new status to work on
-            work_queue.enqueue_vm(service_id, delay=app.config["JOB_REQUEUE_SECONDS"], manual=manual)
+            from rq import get_current_job
+            job = get_current_job()
+            work_queue.enqueue_vm(service_id, delay=app.config["JOB_REQUEUE_SECONDS"], manual=manual,
+                                  after=job.id if job else None)
         return {"service_id": service_id, "action": result.action, "result": result.result,
                 "message": result.message, "steps": result.steps, "api_calls": result.api_calls}
 

@@ -147,6 +147,46 @@ def test_a_worker_does_not_wait_for_a_long_migration(rq_app, redis_conn, cluster
     assert len([v for v in cluster.pve.vms if v.name == vm.name]) == 1
 
 
+
+@pytest.mark.time_scale(0.001)
+def test_a_vm_waiting_for_proxmox_has_one_chain_of_follow_ups(rq_app, redis_conn, cluster):
+    """Found in review: while a VM's follow-up job waited for a long Proxmox task, each tick found the VM due
+    (its next poll had come) and queued it again, and that job scheduled follow-ups of its own: a long clone
+    was polled by one more chain of jobs every minute."""
+    from datetime import timedelta
+
+    from core import clock as db_clock
+    from tests.conftest import FakeClock
+    app, queue = rq_app
+    register_cluster(cluster)
+    migration_done = hold_migrations(cluster.pve)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 514))
+    work(queue, redis_conn)
+    scheduled = ScheduledJobRegistry(queue=queue)
+    [follow_up] = scheduled.get_job_ids()
+    lines: list[str] = []
+    run_tick(Output(lines.append, FakeClock(db_clock.now() + timedelta(seconds=30))), only="processVirtualMachines")
+    assert any(line.endswith("sid:514 [already queued]") for line in lines), lines
+    assert queue.count == 0 and scheduled.get_job_ids() == [follow_up]
+    # A job of the VM's own id that runs meanwhile (queued before the follow-up was) leaves the chain as it is;
+    # the follow-up, when it runs, schedules the one next follow-up.
+    queue.enqueue("jobs.worker.process_vm_job", 514, job_id=f"{queue.name}-vm-514")
+    work(queue, redis_conn)
+    assert scheduled.get_job_ids() == [follow_up]
+    queue.enqueue_job(queue.fetch_job(follow_up))
+    scheduled.remove(follow_up)
+    work(queue, redis_conn)
+    [next_follow_up] = scheduled.get_job_ids()
+    assert next_follow_up != follow_up
+    # No scheduler moved it (no worker runs one, for now): the tick goes on with the VM, as it did before.
+    redis_conn.zadd(scheduled.key, {next_follow_up: time.time() - 120})
+    lines = []
+    run_tick(Output(lines.append, FakeClock(db_clock.now() + timedelta(seconds=30))), only="processVirtualMachines")
+    assert any(line.endswith("sid:514 [queued]") for line in lines), lines
+    assert queue.job_ids == [f"{queue.name}-vm-514"] and scheduled.get_job_ids() == []
+    migration_done.set()
+
+
 def test_a_vm_is_never_worked_on_by_two_runners(rq_app, cluster, clock):
     app, _queue = rq_app
     register_cluster(cluster)
