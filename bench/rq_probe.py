@@ -10,6 +10,8 @@ line per pipeline run in the Redis list ``pkvm-bench:<queue>:runs``:
                                            RunResult.step_cpu (process CPU time spent inside the step)
     run_cpu, run_wall                      process CPU and wall time of the whole run_vm (lease, steps,
                                            VMRun row)
+    api_cpu                                process CPU of the run spent inside Proxmox API calls
+                                           (core.proxmox.client.Pve._call: proxmoxer, requests, TLS)
     job_cpu, job_wall                      process CPU and wall time of the whole job (Job.perform)
     horse_cpu                              CPU of this process since it started (fork or spawn) up to the
                                            end of the job: for a forking worker, what the job really cost,
@@ -17,7 +19,7 @@ line per pipeline run in the Redis list ``pkvm-bench:<queue>:runs``:
 
 Only our own process's CPU is counted (time.process_time), never the fake Proxmox's nor PostgreSQL's.
 The hooks are set in the job's process the first time a job runs there, by replacing
-``jobs.pipeline.run_vm`` and ``jobs.pipeline._save_run`` with thin wrappers (process_vm_job imports run_vm
+``jobs.pipeline.run_vm``, ``jobs.pipeline._save_run`` and ``core.proxmox.client.Pve._call`` with thin wrappers (process_vm_job imports run_vm
 when it runs, so it gets the wrapper). The import of jobs.pipeline they need is one the job makes anyway.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 
 from rq.job import Job
 
-_state: dict = {"installed": False, "connection": None, "key": None, "steps": None}
+_state: dict = {"installed": False, "connection": None, "key": None, "steps": None, "api_cpu": 0.0}
 
 
 def runs_key(queue_name: str) -> str:
@@ -36,15 +38,23 @@ def runs_key(queue_name: str) -> str:
 
 def _install() -> None:
     import jobs.pipeline as pipeline
+    from core.proxmox import client
 
-    real_run_vm, real_save_run = pipeline.run_vm, pipeline._save_run
+    real_run_vm, real_save_run, real_call = pipeline.run_vm, pipeline._save_run, client.Pve._call
+
+    def call(self, method, path, params):
+        cpu0 = time.process_time()
+        try:
+            return real_call(self, method, path, params)
+        finally:
+            _state["api_cpu"] += time.process_time() - cpu0
 
     def save_run(vm, pipe, source, result, error, steps, started, clock):
         _state["steps"] = [dict(step) for step in steps]
         return real_save_run(vm, pipe, source, result, error, steps, started, clock)
 
     def run_vm(service_id, out, clock=None, max_wait=None, owner=None):
-        _state["steps"] = None
+        _state["steps"], _state["api_cpu"] = None, 0.0
         cpu0, wall0 = time.process_time(), time.perf_counter()
         result = real_run_vm(service_id, out, clock, max_wait, owner)
         run_cpu, run_wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -53,10 +63,11 @@ def _install() -> None:
             step["cpu"] = cpu
         _state["run"] = {"service_id": service_id, "action": result.action, "result": result.result,
                          "message": result.message, "api_calls": result.api_calls, "steps": steps,
-                         "step_cpu": list(result.step_cpu), "run_cpu": run_cpu, "run_wall": run_wall}
+                         "step_cpu": list(result.step_cpu), "run_cpu": run_cpu, "run_wall": run_wall,
+                         "api_cpu": _state["api_cpu"]}
         return result
 
-    pipeline.run_vm, pipeline._save_run = run_vm, save_run
+    pipeline.run_vm, pipeline._save_run, client.Pve._call = run_vm, save_run, call
     _state["installed"] = True
 
 
