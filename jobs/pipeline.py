@@ -466,6 +466,7 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
             break
         if number and stopping.is_set():  # the worker is stopping: what is committed stays, the rest waits
             outcome, result.message = "waiting", "the worker is stopping"
+            error = "the worker was stopping: the pass ended before its next step; the next pass goes on from here"
             break
         number += 1
         began, cpu_began = clock.monotonic(), time.process_time()
@@ -520,7 +521,7 @@ def _run_pipeline(vm: VM, pipeline: Pipeline, out: Output, clock: Clock, max_wai
         if isinstance(done, Wait):
             out.line(_fmt_step("~", number, step.label, pipeline.label_width, f"waiting - {done.reason}",
                                step.source, step.source, seconds))
-            entry.update(to=step.source, result="waiting")
+            entry.update(to=step.source, result="waiting", note=done.reason)
             steps.append(entry)
             vm.next_run_at = clock.now() + timedelta(seconds=max(ctx.poll_seconds, 1.0))
             outcome, result.message = "waiting", done.reason

@@ -858,6 +858,10 @@ def test_a_pass_ends_at_its_next_step_once_the_worker_is_stopping(app, bridge, c
     db.session.refresh(vm)
     assert (vm.status, result.result, result.message) == ("set_dns", "waiting", "the worker is stopping"), lines
     assert vm.vmid is None  # the clone was not started
+    # the VM log says why the pass ended there (found in review: a plain "waiting")
+    [run] = db.session.scalars(select(VMRun).where(VMRun.service_id == 91)).all()
+    assert (run.result, run.error) == ("waiting", "the worker was stopping: the pass ended before its next step; "
+                                                  "the next pass goes on from here")
     tick(clock)
     db.session.refresh(vm)
     assert vm.status == "ready"

@@ -644,3 +644,20 @@ def test_the_vm_log_speaks_the_admins_language(logged_in):
     assert "Allocate IP" not in wanted and all(text in log for text in wanted), wanted
     assert f"{wanted[3]} (no DNS zone configured)" in log  # the detail after it stays as the step wrote it
     assert "Set &lt;b&gt;bold&lt;/b&gt;" in log  # a label the catalogs do not know is shown escaped
+
+
+def test_the_vm_log_says_why_a_pass_ended_without_an_error_step(logged_in):
+    """Found in review: an interrupted pass, one a stopping worker ended and a step waiting for Proxmox were
+    shown with no reason (it was stored with the run, or not at all)."""
+    seed_fleet(1)
+    db.session.add(VMRun(service_id=5546, action="deploy", from_status="clone", to_status="clone",
+                         result="interrupted", error="interrupted in Migrate to target node: JobTimeoutException",
+                         steps=[]))
+    db.session.add(VMRun(service_id=5546, action="deploy", from_status="clone", to_status="clone",
+                         result="waiting", steps=[
+                             {"label": "Migrate to target node", "from": "clone", "to": "clone", "result": "waiting",
+                              "note": "migration still running", "seconds": 5.0, "at": "2026-04-10T03:53:51"}]))
+    db.session.commit()
+    log = logged_in.get("/vms/5546/log").get_data(as_text=True)
+    assert "interrupted in Migrate to target node: JobTimeoutException" in log
+    assert "(migration still running)" in log
