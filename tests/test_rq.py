@@ -147,7 +147,6 @@ def test_a_worker_does_not_wait_for_a_long_migration(rq_app, redis_conn, cluster
     assert len([v for v in cluster.pve.vms if v.name == vm.name]) == 1
 
 
-
 @pytest.mark.time_scale(0.001)
 def test_a_vm_waiting_for_proxmox_has_one_chain_of_follow_ups(rq_app, redis_conn, cluster):
     """Found in review: while a VM's follow-up job waited for a long Proxmox task, each tick found the VM due
