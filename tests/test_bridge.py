@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from sqlalchemy import func, select
 
 from bridge.signing import signed_headers
@@ -460,3 +461,39 @@ def test_a_database_errors_message_carries_no_parameters(app):
         db.session.commit()
     db.session.rollback()
     assert "Customer-Data-Here" not in str(failed.value) and "parameters hidden" in str(failed.value)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_a_database_server_that_dropped_the_connections_costs_no_call(tmp_path, kind):
+    """A database server restarted (or a proxy or firewall that dropped idle connections) leaves the
+    process's pooled connections dead: the next call is answered as if nothing happened."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import MYSQL_ADMIN_URL, PG_ADMIN_URL, Bridge, database_url, make_app
+    url, drop = database_url(kind, tmp_path)
+    app = make_app(tmp_path, url)
+    name = make_url(url).database
+    admin = create_engine(PG_ADMIN_URL if kind == "postgresql" else MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with app.app_context():
+            bridge = Bridge(app, app.test_client())
+            assert bridge.call("CreateAccount", params(service_id=1)).status_code == 200
+            db.session.remove()  # the connection back in the pool, as at the end of every request
+            with admin.connect() as conn:
+                if kind == "postgresql":
+                    killed = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                               "WHERE datname = :name AND pid <> pg_backend_pid()"),
+                                          {"name": name}).all()
+                else:
+                    ids = conn.execute(text("SELECT id FROM information_schema.processlist WHERE db = :name"),
+                                       {"name": name}).scalars().all()
+                    killed = [conn.execute(text(f"KILL {int(i)}")) for i in ids]
+            assert killed  # the pooled connection was there, and is gone now
+            answer = bridge.call("CreateAccount", params(service_id=2))
+            assert answer.status_code == 200, answer.get_json()
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        admin.dispose()
+        drop()
