@@ -56,7 +56,8 @@ ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 SCHEDULER_LATE = 60  # seconds after its time a scheduled job still waits for RQ's scheduler to queue it
 
 
-def _id_free(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bool:
+def _id_free(job_id: str, queue, lapsed: Callable[[], bool] | None = None,
+             idle: Callable[[object], bool] | None = None) -> bool:
     """Whether a new job may take this id: no job of it waits or runs (enqueueing it again would overwrite
     it). A "started" job whose worker died without a word (killed, its machine lost) stops counting when
     ``lapsed`` says the work it holds has been let go, or, without that, once RQ's heartbeat for it has
@@ -65,7 +66,8 @@ def _id_free(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bo
     A job of the id that has ended is deleted here: RQ writes a new job over the old one's key without
     clearing the expiry the old one's result was given (result_ttl), and the new job vanished from Redis
     when that ran out, before a worker took it (found in a production-like run: VMs a tick listed as
-    queued whose jobs never ran)."""
+    queued whose jobs never ran). A job that waits for its turn but will do nothing when it comes (``idle``
+    says so) does not count either."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     try:
@@ -75,7 +77,9 @@ def _id_free(job_id: str, queue, lapsed: Callable[[], bool] | None = None) -> bo
     except NoSuchJobError:
         return True
     status = job.get_status(refresh=False)
-    if status == "started":
+    if status in ("queued", "scheduled", "deferred") and idle is not None and idle(job):
+        active = False
+    elif status == "started":
         if lapsed is not None:
             active = not lapsed()
         else:
@@ -167,8 +171,13 @@ def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False, after: s
         queue.enqueue_in(timedelta(seconds=delay), VM_JOB, service_id, **extra, job_id=job_id, **options)
         return True
     # While a follow-up waits for its turn (a Proxmox task still runs), the VM's next run is due to a tick,
-    # but the follow-up is that run.
-    if not all(_id_free(job_id, queue, lapsed) for job_id in (vm_job_id(service_id), first, second)):
+    # but the follow-up is that run. Not so for a run by hand while processVirtualMachines is off: a job
+    # queued before it was turned off does nothing when its turn comes.
+    off = manual and not vm_task_on()
+
+    def idle(job) -> bool:
+        return off and not job.kwargs.get("manual")
+    if not all(_id_free(job_id, queue, lapsed, idle) for job_id in (vm_job_id(service_id), first, second)):
         return False
     queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), **options)
     return True

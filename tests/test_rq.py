@@ -161,19 +161,22 @@ def test_a_vm_waiting_for_proxmox_has_one_chain_of_follow_ups(rq_app, redis_conn
     migration_done = hold_migrations(cluster.pve)
     Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 514))
     work(queue, redis_conn)
+    # the VM log says what the pass waits for
+    run = db.session.scalars(select(VMRun).where(VMRun.service_id == 514).order_by(VMRun.id.desc())).first()
+    assert (run.result, run.steps[-1]["note"]) == ("waiting", "migration still running"), run.steps
     scheduled = ScheduledJobRegistry(queue=queue)
     [follow_up] = scheduled.get_job_ids()
     lines: list[str] = []
     run_tick(Output(lines.append, FakeClock(db_clock.now() + timedelta(seconds=30))), only="processVirtualMachines")
     assert any(line.endswith("sid:514 [already queued]") for line in lines), lines
     assert queue.count == 0 and scheduled.get_job_ids() == [follow_up]
-    # A job of the VM's own id that runs meanwhile (queued before the follow-up was) leaves the chain as it is;
-    # the follow-up, when it runs, schedules the one next follow-up.
-    queue.enqueue("jobs.worker.process_vm_job", 514, job_id=f"{queue.name}-vm-514")
-    work(queue, redis_conn)
-    assert scheduled.get_job_ids() == [follow_up]
+    # The follow-up's turn has come (queued) while a job of the VM's own id, queued before it, runs: that job
+    # leaves the follow-up as it is (neither run twice nor scheduled again), which then schedules the next.
     queue.enqueue_job(queue.fetch_job(follow_up))
     scheduled.remove(follow_up)
+    queue.enqueue("jobs.worker.process_vm_job", 514, job_id=f"{queue.name}-vm-514", at_front=True)
+    SimpleWorker([queue], connection=redis_conn).work(burst=True, max_jobs=1, with_scheduler=False)
+    assert queue.job_ids == [follow_up] and scheduled.get_job_ids() == []
     work(queue, redis_conn)
     [next_follow_up] = scheduled.get_job_ids()
     assert next_follow_up != follow_up
@@ -184,6 +187,37 @@ def test_a_vm_waiting_for_proxmox_has_one_chain_of_follow_ups(rq_app, redis_conn
     assert any(line.endswith("sid:514 [queued]") for line in lines), lines
     assert queue.job_ids == [f"{queue.name}-vm-514"] and scheduled.get_job_ids() == []
     migration_done.set()
+
+
+@pytest.mark.time_scale(0.001)
+def test_a_run_by_hand_while_processing_is_off_is_not_held_by_a_follow_up_from_before(rq_app, redis_conn, cluster):
+    """Found in review: with processVirtualMachines turned off while a VM's follow-up waited, a run of the task
+    by hand said [already queued], and the follow-up did nothing when its turn came (the task was off)."""
+    from core import settings
+    app, queue = rq_app
+    register_cluster(cluster)
+    migration_done = hold_migrations(cluster.pve)
+    Bridge(app, app.test_client()).call("CreateAccount", account_params(cluster, 515))
+    work(queue, redis_conn)
+    scheduled = ScheduledJobRegistry(queue=queue)
+    assert len(scheduled.get_job_ids()) == 1
+    settings.update({"interval_processVirtualMachines": 0})
+    db.session.commit()
+    migration_done.set()
+    lines: list[str] = []
+    run_tick(Output(lines.append), only="processVirtualMachines", manual=True)  # flask cron --task
+    assert any(line.endswith("sid:515 [queued]") for line in lines), lines
+    assert scheduled.get_job_ids() == [] and queue.job_ids == [f"{queue.name}-vm-515"]
+    for _ in range(50):  # the hand run's job and its own (manual) follow-ups, until the VM is ready
+        for job_id in scheduled.get_job_ids():
+            queue.enqueue_job(queue.fetch_job(job_id))
+            scheduled.remove(job_id)
+        work(queue, redis_conn)
+        db.session.expire_all()
+        if db.session.get(VM, 515).status == "ready":
+            break
+        time.sleep(0.1)
+    assert db.session.get(VM, 515).status == "ready"
 
 
 def test_a_vm_is_never_worked_on_by_two_runners(rq_app, cluster, clock):
