@@ -543,7 +543,8 @@ def main(argv=None) -> int:
                   f"{os.cpu_count()} CPUs)")
     def api_share(measurements: list[Measurement]) -> tuple[float, float]:
         """CPU per step run inside Proxmox API calls (proxmoxer, requests, TLS), and the rest (our code, the
-        database driver): the calls are made only inside steps."""
+        database driver): in a deploy the calls are made only inside steps (the pipelines that look up a
+        moved VM before their first step are not benchmarked here)."""
         runs = [r for m in measurements for r in m.runs if r.get("steps") is not None]
         step_runs = sum(len(r["step_cpu"]) for r in runs)
         if not step_runs:

@@ -55,8 +55,8 @@ def test_the_units_are_valid_for_systemd_and_always_restart(tmp_path):
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done
 
 
-def _command(name: str, **replace: str) -> list[str]:
-    command = installed_here(unit_settings(name)["ExecStart"])
+def _command(name: str, key: str = "ExecStart", **replace: str) -> list[str]:
+    command = installed_here(unit_settings(name)[key])
     for old, new in replace.items():
         command = command.replace(old, new)
     return shlex.split(command)
@@ -67,13 +67,20 @@ def test_the_units_commands_run_a_working_installation(tmp_path):
     queue = f"pkvm-test-{secrets.token_hex(4)}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "PKVM_"))
            and k not in ("DATABASE_URL", "REDIS_URL")}
-    # What /etc/pkvm/pkvm.env gives every unit (deploy/pkvm.env.example), with this test's own queue.
+    # /etc/pkvm/pkvm.env as deploy/pkvm.env.example has it (read as a shell reads it, which is how the README
+    # runs flask commands by hand), with this test's own database, instance folder and queue.
+    example = subprocess.run(["sh", "-c", 'set -a && . "$0" && env -0', str(ROOT / "deploy" / "pkvm.env.example")],
+                             env={"PATH": env["PATH"]}, capture_output=True, text=True, check=True).stdout
+    given = dict(item.split("=", 1) for item in example.split("\0") if "=" in item)
+    assert {"DATABASE_URL", "REDIS_URL", "PKVM_INSTANCE_PATH"} <= set(given), given
+    env.update({k: v for k, v in given.items() if k in ("DATABASE_URL", "REDIS_URL") or k.startswith("PKVM_")})
     env.update(PKVM_INSTANCE_PATH=str(tmp_path / "instance"), DATABASE_URL=f"sqlite:///{tmp_path / 'pkvm.sqlite3'}",
                REDIS_URL=REDIS_URL, PKVM_RQ_QUEUE=queue, PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
-    subprocess.run([str(Path(sys.executable).parent / "flask"), "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
     workdir = installed_here(unit_settings("pkvm-web.service")["WorkingDirectory"])
     assert workdir == str(ROOT)
+    # The web unit brings the schema up to date before it starts (its ExecStartPre).
+    subprocess.run(_command("pkvm-web.service", key="ExecStartPre"), cwd=workdir, env=env, check=True,
+                   capture_output=True)
     commands = {
         "web": _command("pkvm-web.service", **{"127.0.0.1:5000": f"127.0.0.1:{port}"}),
         # The worker's unit names the queue (pkvm): this test's own, as the unit's comment says to do.
@@ -83,10 +90,11 @@ def test_the_units_commands_run_a_working_installation(tmp_path):
     }
     assert commands["worker"][1:3] == ["worker", queue] and "${" not in " ".join(sum(commands.values(), []))
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in commands}
-    processes = {name: subprocess.Popen(command, cwd=workdir, env=env, stdout=logs[name], stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-                 for name, command in commands.items()}
+    processes: dict[str, subprocess.Popen] = {}
     try:
+        for name, command in commands.items():
+            processes[name] = subprocess.Popen(command, cwd=workdir, env=env, stdout=logs[name],
+                                               stderr=subprocess.STDOUT, start_new_session=True)
         deadline, report = time.monotonic() + 60, None
         while time.monotonic() < deadline:
             for name, process in processes.items():
