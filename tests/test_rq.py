@@ -64,6 +64,22 @@ def work(queue, redis_conn):
     SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
 
 
+def work_until_ready(queue, redis_conn, service_id: int, rounds: int = 60) -> VM:
+    """Work the queue, moving scheduled follow-ups into it as RQ's scheduler would, until the VM is ready
+    (or the rounds are spent): the VM as it is then."""
+    scheduled = ScheduledJobRegistry(queue=queue)
+    for _ in range(rounds):
+        for job_id in scheduled.get_job_ids():
+            queue.enqueue_job(queue.fetch_job(job_id))
+            scheduled.remove(job_id)
+        work(queue, redis_conn)
+        db.session.expire_all()
+        if db.session.get(VM, service_id).status == "ready":
+            break
+        time.sleep(0.1)
+    return db.session.get(VM, service_id)
+
+
 def test_create_account_queues_one_job_per_vm_and_a_worker_deploys_it(rq_app, redis_conn, cluster):
     app, queue = rq_app
     register_cluster(cluster)
@@ -132,17 +148,7 @@ def test_a_worker_does_not_wait_for_a_long_migration(rq_app, redis_conn, cluster
     migration_done.set()
     scheduled = ScheduledJobRegistry(queue=queue)
     assert [j for j in scheduled.get_job_ids() if j.startswith(f"{queue.name}-vm-502-poll-")]
-    # let the scheduled follow-ups run until the VM is ready
-    for _ in range(60):
-        for job_id in scheduled.get_job_ids():
-            queue.enqueue_job(queue.fetch_job(job_id))
-            scheduled.remove(job_id)
-        work(queue, redis_conn)
-        db.session.expire_all()
-        if db.session.get(VM, 502).status == "ready":
-            break
-        time.sleep(0.1)
-    vm = db.session.get(VM, 502)
+    vm = work_until_ready(queue, redis_conn, 502)
     assert vm.status == "ready"
     assert len([v for v in cluster.pve.vms if v.name == vm.name]) == 1
 
@@ -208,16 +214,7 @@ def test_a_run_by_hand_while_processing_is_off_is_not_held_by_a_follow_up_from_b
     run_tick(Output(lines.append), only="processVirtualMachines", manual=True)  # flask cron --task
     assert any(line.endswith("sid:515 [queued]") for line in lines), lines
     assert scheduled.get_job_ids() == [] and queue.job_ids == [f"{queue.name}-vm-515"]
-    for _ in range(50):  # the hand run's job and its own (manual) follow-ups, until the VM is ready
-        for job_id in scheduled.get_job_ids():
-            queue.enqueue_job(queue.fetch_job(job_id))
-            scheduled.remove(job_id)
-        work(queue, redis_conn)
-        db.session.expire_all()
-        if db.session.get(VM, 515).status == "ready":
-            break
-        time.sleep(0.1)
-    assert db.session.get(VM, 515).status == "ready"
+    assert work_until_ready(queue, redis_conn, 515).status == "ready"  # the hand run's job and its follow-ups
 
 
 def test_a_vm_is_never_worked_on_by_two_runners(rq_app, cluster, clock):
