@@ -45,10 +45,10 @@ job and without changing what it does, each pipeline run's RunResult (api_calls,
 time inside each step, as jobs.pipeline measures it), the VMRun step entries, the CPU of the whole run
 and job, and the CPU the job's process spent since it started (for a forking worker: the work horse's
 whole life, app start-up included), and the part of the run's CPU spent inside Proxmox API calls (the
-client library's HTTP and TLS work, printed beside the step CPU). process_time counts only that process, so the fake Proxmox's and
-PostgreSQL's work, done in their own processes, is never in it. Separately, the CPU of each worker's
-process tree (worker, work horses, scheduler) is read from /proc before and after, and so is the fake
-cluster's: "worker CPU per VM" is everything RQ and our code spent, "Proxmox CPU per VM" the fake's.
+client library's HTTP and TLS work, printed beside the step CPU). process_time counts only that process,
+so the fake Proxmox's and PostgreSQL's work, done in their own processes, is never in it. Separately,
+the CPU of each worker's process tree (worker, work horses, scheduler) is read from /proc before and
+after, and so is the fake cluster's: "worker CPU per VM" is everything RQ and our code spent, "Proxmox CPU per VM" the fake's.
 
 Proxmox API calls per deploy are the sum of the jobs' api_calls (Pve.calls) over all runs of that VM.
 Polls of running tasks count: a shorter poll interval makes more calls.

@@ -19,8 +19,9 @@ line per pipeline run in the Redis list ``pkvm-bench:<queue>:runs``:
 
 Only our own process's CPU is counted (time.process_time), never the fake Proxmox's nor PostgreSQL's.
 The hooks are set in the job's process the first time a job runs there, by replacing
-``jobs.pipeline.run_vm``, ``jobs.pipeline._save_run`` and ``core.proxmox.client.Pve._call`` with thin wrappers (process_vm_job imports run_vm
-when it runs, so it gets the wrapper). The import of jobs.pipeline they need is one the job makes anyway.
+``jobs.pipeline.run_vm``, ``jobs.pipeline._save_run`` and ``core.proxmox.client.Pve._call`` with thin
+wrappers (process_vm_job imports run_vm when it runs, so it gets the wrapper). The imports they need are
+ones the job makes anyway.
 """
 from __future__ import annotations
 

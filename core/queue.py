@@ -156,7 +156,8 @@ def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False, after: s
     if queue is None:
         wakeup.set()
         return False
-    if not manual and not vm_task_on():
+    task_on = vm_task_on()
+    if not manual and not task_on:
         return False
     extra = {"manual": True} if manual else {}
     options = dict(result_ttl=60, failure_ttl=86400, job_timeout=VM_JOB_TIMEOUT)
@@ -173,10 +174,8 @@ def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False, after: s
     # While a follow-up waits for its turn (a Proxmox task still runs), the VM's next run is due to a tick,
     # but the follow-up is that run. Not so for a run by hand while processVirtualMachines is off: a job
     # queued before it was turned off does nothing when its turn comes.
-    off = manual and not vm_task_on()
-
     def idle(job) -> bool:
-        return off and not job.kwargs.get("manual")
+        return not task_on and not job.kwargs.get("manual")
     if not all(_id_free(job_id, queue, lapsed, idle) for job_id in (vm_job_id(service_id), first, second)):
         return False
     queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), **options)

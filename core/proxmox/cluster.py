@@ -20,8 +20,8 @@ REQUIRED_PRIVILEGES = (
 def choose_vmid(pve: Pve, server_id: int, first_vmid: int, exclude: set[int] | None = None,
                 resources: list[dict] | None = None) -> int:
     """The lowest VMID at or above first_vmid that neither our records nor the cluster use (``resources``:
-    its /cluster/resources, if read already: only guests there carry a vmid), confirmed by PVE's own /cluster/nextid check (which also knows
-    IDs reserved by running tasks)."""
+    its /cluster/resources, if read already: only guests there carry a vmid), confirmed by PVE's own
+    /cluster/nextid check (which also knows IDs reserved by running tasks)."""
     if resources is None:
         resources = pve.get("cluster", "resources", type="vm") or []
     taken = {int(item["vmid"]) for item in resources if "vmid" in item} | set(exclude or ())
