@@ -48,7 +48,8 @@ whole life, app start-up included), and the part of the run's CPU spent inside P
 client library's HTTP and TLS work, printed beside the step CPU). process_time counts only that process,
 so the fake Proxmox's and PostgreSQL's work, done in their own processes, is never in it. Separately,
 the CPU of each worker's process tree (worker, work horses, scheduler) is read from /proc before and
-after, and so is the fake cluster's: "worker CPU per VM" is everything RQ and our code spent, "Proxmox CPU per VM" the fake's.
+after, and so is the fake cluster's: "worker CPU per VM" is everything RQ and our code spent, "Proxmox
+CPU per VM" the fake's.
 
 Proxmox API calls per deploy are the sum of the jobs' api_calls (Pve.calls) over all runs of that VM.
 Polls of running tasks count: a shorter poll interval makes more calls.
