@@ -301,6 +301,8 @@ def create_account(payload: dict) -> tuple[dict, int]:
         accounts.log_call("CreateAccount", params.service_id, payload, body, request_text=logged_request,
                           connection=connection)
         keep_nonce(connection)
+        # Read here, in the open transaction: after it the session would take a connection of its own.
+        task_on = work_queue.vm_task_on(connection) if queued and work_queue.redis_connection() else None
     if queued:
-        work_queue.enqueue_recorded(params.service_id)
+        work_queue.enqueue_recorded(params.service_id, task_on)
     return body, status

@@ -132,11 +132,11 @@ def holds_lease(service_id: int, worker_name: str) -> bool:
     return held and (owner or "").startswith(worker_lease_prefix(worker_name))
 
 
-def vm_task_on() -> bool:
+def vm_task_on(connection=None) -> bool:
     """Whether processVirtualMachines runs by itself: at interval 0 it is off, and VMs wait for it to be
-    turned on again (or for a run of the task by hand)."""
+    turned on again (or for a run of the task by hand). ``connection``: read in its transaction."""
     from . import settings
-    return settings.get("interval_processVirtualMachines") > 0
+    return settings.get("interval_processVirtualMachines", connection) > 0
 
 
 def follow_up_ids(service_id: int) -> tuple[str, str]:
@@ -146,17 +146,19 @@ def follow_up_ids(service_id: int) -> tuple[str, str]:
     return f"{base}-poll-a", f"{base}-poll-b"
 
 
-def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False, after: str | None = None) -> bool:
+def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False, after: str | None = None,
+               task_on: bool | None = None) -> bool:
     """Ask for the VM's pipeline to run soon. With Redis: one job per VM (an existing queued or running job,
     or a follow-up scheduled for it, is not doubled), none while processVirtualMachines is off unless
     ``manual`` (a run of the task by hand, whose jobs run anyway); without: wake the in-process ticker.
-    ``delay``: a follow-up of the job ``after`` (its id), one at a time per VM. Returns True when a job was
-    queued."""
+    ``delay``: a follow-up of the job ``after`` (its id), one at a time per VM. ``task_on``: ``vm_task_on()``
+    when the caller has read it already. Returns True when a job was queued."""
     queue = rq_queue()
     if queue is None:
         wakeup.set()
         return False
-    task_on = vm_task_on()
+    if task_on is None:
+        task_on = vm_task_on()
     if not manual and not task_on:
         return False
     extra = {"manual": True} if manual else {}
@@ -176,9 +178,15 @@ def enqueue_vm(service_id: int, delay: float = 0, manual: bool = False, after: s
     # queued before it was turned off does nothing when its turn comes.
     def idle(job) -> bool:
         return not task_on and not job.kwargs.get("manual")
-    if not all(_id_free(job_id, queue, lapsed, idle) for job_id in (vm_job_id(service_id), first, second)):
+    from rq.job import Job
+    ids = (vm_job_id(service_id), first, second)
+    # One round trip answers for a VM with no job at all (every new order); the others look at each.
+    if queue.connection.exists(*(Job.key_for(job_id) for job_id in ids)) and \
+            not all(_id_free(job_id, queue, lapsed, idle) for job_id in ids):
         return False
-    queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), **options)
+    with queue.connection.pipeline() as pipe:  # one round trip (RQ's own enqueue takes two)
+        queue.enqueue(VM_JOB, service_id, **extra, job_id=vm_job_id(service_id), pipeline=pipe, **options)
+        pipe.execute()
     return True
 
 
@@ -212,11 +220,11 @@ def start_tick() -> str:
     return "queued"
 
 
-def enqueue_recorded(service_id: int) -> None:
+def enqueue_recorded(service_id: int, task_on: bool | None = None) -> None:
     """Queue the VM's pipeline after its new status is committed: a queue that is down now only means the
-    next tick queues it."""
+    next tick queues it. ``task_on``: as ``enqueue_vm`` takes it."""
     try:
-        enqueue_vm(service_id)
+        enqueue_vm(service_id, task_on=task_on)
     except Exception:  # noqa: BLE001 - the work is recorded; the tick picks it up
         log.warning("service %s: could not be queued now; the next tick will", service_id, exc_info=True)
 

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from flask_babel import lazy_gettext as _l
 
@@ -159,11 +159,18 @@ def snapshot() -> Iterator[None]:
         _snapshot.reset(token)
 
 
-def get(key: str) -> Any:
+_VALUE = select(Setting.__table__.c.value).where(Setting.__table__.c.key == bindparam("key"))
+
+
+def get(key: str, connection=None) -> Any:
+    """A setting's value (its default when unset). ``connection``: read it in that connection's transaction
+    rather than through the session (a caller that has one open saves the session its own)."""
     spec = SPECS[key]
     stored = _snapshot.get()
     if stored is not None:
         value = stored.get(key)
+    elif connection is not None:
+        value = connection.execute(_VALUE, {"key": key}).scalar()
     else:
         row = db.session.get(Setting, key)
         value = None if row is None else row.value

@@ -362,7 +362,7 @@ def network_values(ctx: StepContext, config: dict) -> str:
     if vm.mac != mac:  # committed with the step: one that fails takes the VM's own (or a new one) again
         vm.mac = mac
     bridge, vlan = pkg.network_bridge, pkg.network_vlan
-    pool = ctx.pool_of_main_address(4) or ctx.pool_of_main_address(6)
+    pool = ctx.pool_of_main_address(4, 6)
     if pkg.auto_bridge_vlan and pool is not None and not pkg.dhcp:
         bridge, vlan = pool.bridge or bridge, pool.vlan
     firewall = pkg.firewall_enable and not pkg.dhcp

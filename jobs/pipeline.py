@@ -246,11 +246,12 @@ class StepContext:
         if commit:
             self.commit()
 
-    def pool_of_main_address(self, family: int) -> IPPool | None:
+    def pool_of_main_address(self, *families: int) -> IPPool | None:
+        """The pool of the service's first address of the first of ``families`` it has one of."""
+        pools = {}
         for address in ipam.assigned(self.service.id):
-            if address.family == family:
-                return address.pool
-        return None
+            pools.setdefault(address.family, address.pool)
+        return next((pools[family] for family in families if family in pools), None)
 
 
 @dataclass
